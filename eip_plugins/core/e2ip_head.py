@@ -1,0 +1,65 @@
+"""The e2IP head: Normal-Inverse-Wishart with an equivariant SPD scale matrix (SPEC §1b)."""
+
+from typing import Dict
+
+from torch import Tensor, nn
+
+from .config import HeadConfig
+from .covariance_head import EquivariantCovarianceHead, positive
+from .losses import niw_evidence_regularizer, niw_student_t_nll
+from .outputs import uncertainty_fields
+from .params import ForceUncertainty, NIWParams
+from .uncertainty import niw_uncertainty
+
+_KAPPA_FLOOR = 1e-4
+
+
+class EquivariantEvidentialHead(nn.Module):
+    """e2IP head: (mu0, kappa, nu_w, Psi) per atom with Psi(R x) = R Psi(x) R^T.
+
+    Args:
+        irreps_in: irreps of the backbone node features (must contain 1o).
+        config: head hyperparameters (``kind == "e2ip"``).
+
+    Forward:
+        node_feats (N, irreps_in.dim), forces (N, 3) eV/A -> :class:`NIWParams`.
+    """
+
+    kind: str = "e2ip"
+
+    def __init__(self, irreps_in, config: HeadConfig):
+        super().__init__()
+        self.covariance = EquivariantCovarianceHead(
+            irreps_in,
+            hidden=config.hidden,
+            n_scalars=2,
+            psi0=config.psi0,
+            learn_psi0=config.learn_psi0,
+            max_log_scale=config.max_log_scale,
+        )
+        self.irreps_in = self.covariance.irreps_in
+        self.nu_w_floor = float(config.nu_w_floor)
+        self.lam = float(config.lam)
+
+    def forward(self, node_feats: Tensor, forces: Tensor) -> NIWParams:
+        scalars, psi, psi_inv, log_det = self.covariance(node_feats)
+        kappa = positive(scalars[:, 0], _KAPPA_FLOOR)
+        nu_w = positive(scalars[:, 1], self.nu_w_floor)
+        return NIWParams(forces, kappa, nu_w, psi, psi_inv, log_det)
+
+    def force_loss(self, params: NIWParams, forces_ref: Tensor) -> Tensor:
+        """Per-atom force loss, Student-t NLL + lambda Reg: (N,)."""
+        nll = niw_student_t_nll(params, forces_ref)
+        return nll + self.lam * niw_evidence_regularizer(params, forces_ref)
+
+    def uncertainty(self, params: NIWParams) -> ForceUncertainty:
+        return niw_uncertainty(params)
+
+    def output_fields(self, params: NIWParams) -> Dict[str, Tensor]:
+        return {"e2ip_kappa": params.kappa, "e2ip_nu_w": params.nu_w, "e2ip_psi": params.psi}
+
+    def fields(self, params: NIWParams, batch: Tensor, num_graphs: int) -> Dict[str, Tensor]:
+        """Uncertainty fields (:func:`uncertainty_fields`) plus the raw evidential parameters."""
+        out = uncertainty_fields(self.uncertainty(params), batch, num_graphs)
+        out.update(self.output_fields(params))
+        return out

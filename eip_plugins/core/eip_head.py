@@ -1,0 +1,83 @@
+"""The eIP head: per-Cartesian-component Normal-Inverse-Gamma parameters (SPEC §1a).
+
+This reproduces the eIP paper's reference head, which is deliberately *not* rotation-equivariant:
+a small MLP acts on each Cartesian row of the vector features independently.
+"""
+
+
+import torch.nn.functional as F
+from typing import Dict
+
+from torch import Tensor, nn
+
+from ._e3nn import o3
+from .config import HeadConfig
+from .irreps_features import vector_channel_index
+from .losses import evidential_force_nll, evidential_force_regularizer
+from .outputs import uncertainty_fields
+from .params import ForceUncertainty, NIGParams
+from .uncertainty import nig_uncertainty
+
+_ALPHA_FLOOR = 1e-5
+_NU_FLOOR = 1e-5
+_BETA_FLOOR = 1e-6
+
+
+class ShiftedSoftplus(nn.Module):
+    """softplus(x) - log 2, zero at the origin."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.softplus(x) - 0.6931471805599453
+
+
+class ComponentwiseEvidentialHead(nn.Module):
+    """eIP head: NIG parameters (gamma, nu, alpha, beta) per atom and Cartesian component.
+
+    Args:
+        irreps_in: irreps of the backbone node features; its 1o channels are used.
+        config: head hyperparameters (``kind == "eip"``).
+
+    Forward:
+        node_feats (N, irreps_in.dim), forces (N, 3) eV/A -> :class:`NIGParams`, each (N, 3).
+    """
+
+    kind: str = "eip"
+
+    def __init__(self, irreps_in, config: HeadConfig):
+        super().__init__()
+        self.irreps_in = str(o3.Irreps(irreps_in))
+        self.register_buffer("vector_index", vector_channel_index(irreps_in), persistent=False)
+        n_vec = self.vector_index.numel() // 3
+        self.mlp = nn.Sequential(
+            nn.Linear(n_vec, config.hidden), ShiftedSoftplus(), nn.Linear(config.hidden, 3)
+        )
+        self.quantile = float(config.quantile)
+        self.lam = float(config.lam)
+
+    def forward(self, node_feats: Tensor, forces: Tensor) -> NIGParams:
+        n = node_feats.shape[0]
+        vectors = node_feats[:, self.vector_index].reshape(n, -1, 3).transpose(1, 2)  # (N, 3, H)
+        raw = self.mlp(vectors)  # (N, 3 components, 3 outputs)
+        alpha = F.softplus(raw[..., 0]) + 1.0 + _ALPHA_FLOOR
+        beta = F.softplus(raw[..., 1]) + _BETA_FLOOR
+        nu = F.softplus(raw[..., 2]) + _NU_FLOOR
+        return NIGParams(forces, nu, alpha, beta)
+
+    def force_loss(self, params: NIGParams, forces_ref: Tensor) -> Tensor:
+        """Per-atom force loss, NLL + lambda Reg summed over x, y, z: (N,)."""
+        nll = evidential_force_nll(params, forces_ref, self.quantile)
+        reg = evidential_force_regularizer(params, forces_ref, self.quantile)
+        return (nll + self.lam * reg).sum(-1)
+
+    def uncertainty(self, params: NIGParams) -> ForceUncertainty:
+        return nig_uncertainty(params)
+
+    def output_fields(self, params: NIGParams) -> Dict[str, Tensor]:
+        """Raw evidential parameters under the names of :mod:`eip_plugins.core.keys`."""
+        return {"eip_nu": params.nu, "eip_alpha": params.alpha, "eip_beta": params.beta}
+
+    def fields(self, params: NIGParams, batch: Tensor, num_graphs: int) -> Dict[str, Tensor]:
+        """Uncertainty fields (:func:`uncertainty_fields`) plus the raw evidential parameters."""
+        out = uncertainty_fields(self.uncertainty(params), batch, num_graphs)
+        out.update(self.output_fields(params))
+        return out
