@@ -23,13 +23,13 @@ from .mve_head import EquivariantGaussianHead
 from .objective import evidential_total_loss
 from .outputs import uncertainty_fields
 from .params import ForceUncertainty, GaussianParams, NIGParams, NIWParams
+from .udd import UDDConfig, limit_bias_forces, udd_bias_energy, udd_bias_forces
 from .uncertainty import (
     gaussian_uncertainty,
     nig_uncertainty,
     niw_uncertainty,
     structure_uncertainty,
 )
-from .udd import UDDConfig, limit_bias_forces, udd_bias_energy, udd_bias_forces
 
 __all__ = [
     "HEAD_CLASSES",

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._e3nn import o3
-from .irreps_features import count_irreps, vector_channel_index
+from .irreps_features import check_feature_dim, count_irreps, vector_channel_index
 from .spd import bound_log_scale, spd_from_tangent, symmetric_traceless_basis
 
 
@@ -49,6 +49,7 @@ class EquivariantCovarianceHead(nn.Module):
         irreps_in = o3.Irreps(irreps_in)
         vector_channel_index(irreps_in)  # raises a clear ValueError without 1o features
         self.irreps_in = str(irreps_in)
+        self.feature_dim = irreps_in.dim
         self.hidden = hidden
         self.n_scalars = n_scalars
         self.max_log_scale = float(max_log_scale)
@@ -59,9 +60,7 @@ class EquivariantCovarianceHead(nn.Module):
         if self.has_l2:
             mid += f" + {hidden}x2e"
         self.linear_in = o3.Linear(irreps_in, o3.Irreps(mid))
-        self.square = o3.ElementwiseTensorProduct(
-            f"{hidden}x1o", f"{hidden}x1o", ["0e", "2e"]
-        )
+        self.square = o3.ElementwiseTensorProduct(f"{hidden}x1o", f"{hidden}x1o", ["0e", "2e"])
         n_l2 = hidden * (2 if self.has_l2 else 1)
         n_inv = hidden * (2 if self.has_scalars else 1)
         self.mlp = nn.Sequential(
@@ -86,6 +85,7 @@ class EquivariantCovarianceHead(nn.Module):
             self.log_psi0.fill_(math.log(psi0))
 
     def forward(self, node_feats: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        check_feature_dim(node_feats, self.feature_dim)
         n = node_feats.shape[0]
         h = self.hidden
         mid = self.linear_in(node_feats)

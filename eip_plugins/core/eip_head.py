@@ -4,15 +4,14 @@ This reproduces the eIP paper's reference head, which is deliberately *not* rota
 a small MLP acts on each Cartesian row of the vector features independently.
 """
 
-
-import torch.nn.functional as F
 from typing import Dict
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._e3nn import o3
 from .config import HeadConfig
-from .irreps_features import vector_channel_index
+from .irreps_features import check_feature_dim, vector_channel_index
 from .losses import evidential_force_nll, evidential_force_regularizer
 from .outputs import uncertainty_fields
 from .params import ForceUncertainty, NIGParams
@@ -46,6 +45,7 @@ class ComponentwiseEvidentialHead(nn.Module):
     def __init__(self, irreps_in, config: HeadConfig):
         super().__init__()
         self.irreps_in = str(o3.Irreps(irreps_in))
+        self.feature_dim = o3.Irreps(irreps_in).dim
         self.register_buffer("vector_index", vector_channel_index(irreps_in), persistent=False)
         n_vec = self.vector_index.numel() // 3
         self.mlp = nn.Sequential(
@@ -55,6 +55,7 @@ class ComponentwiseEvidentialHead(nn.Module):
         self.lam = float(config.lam)
 
     def forward(self, node_feats: Tensor, forces: Tensor) -> NIGParams:
+        check_feature_dim(node_feats, self.feature_dim)
         n = node_feats.shape[0]
         vectors = node_feats[:, self.vector_index].reshape(n, -1, 3).transpose(1, 2)  # (N, 3, H)
         raw = self.mlp(vectors)  # (N, 3 components, 3 outputs)

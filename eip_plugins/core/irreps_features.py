@@ -17,7 +17,7 @@ def vector_channel_index(irreps_in: o3.Irreps) -> Tensor:
     """
     irreps_in = o3.Irreps(irreps_in)
     index = []
-    for (mul, ir), sl in zip(irreps_in, irreps_in.slices()):
+    for (_, ir), sl in zip(irreps_in, irreps_in.slices(), strict=True):
         if ir.l == 1 and ir.p == -1:
             index.extend(range(sl.start, sl.stop))
     if not index:
@@ -28,6 +28,18 @@ def vector_channel_index(irreps_in: o3.Irreps) -> Tensor:
     return torch.tensor(index, dtype=torch.long)
 
 
-def count_irreps(irreps_in: o3.Irreps, l: int, p: int) -> int:
-    """Total multiplicity of the irrep (l, p) in ``irreps_in``."""
-    return sum(mul for mul, ir in o3.Irreps(irreps_in) if ir.l == l and ir.p == p)
+def count_irreps(irreps_in: o3.Irreps, degree: int, parity: int) -> int:
+    """Total multiplicity of the irrep (l = degree, p = parity) in ``irreps_in``."""
+    return sum(mul for mul, ir in o3.Irreps(irreps_in) if ir.l == degree and ir.p == parity)
+
+
+def check_feature_dim(node_feats: Tensor, expected: int) -> None:
+    """Raise ValueError unless node_feats is (N, expected)."""
+    if node_feats.dim() != 2 or node_feats.shape[1] != expected:
+        raise ValueError(
+            "node_feats has shape "
+            + str(list(node_feats.shape))
+            + " but the head was built for (N, "
+            + str(expected)
+            + ") features"
+        )

@@ -83,11 +83,11 @@ def niw_student_t_nll(params: NIWParams, forces_ref: Tensor) -> Tensor:
 def niw_evidence_regularizer(params: NIWParams, forces_ref: Tensor) -> Tensor:
     """e2IP evidence regulariser |y - mu0|_2 (2 kappa + nu_w), (N,).
 
-    The norm is smoothed as sqrt(|r|^2 + eps) - sqrt(eps) so that its gradient is finite at r = 0.
+    The norm is exact; its gradient at r = 0 is defined as 0 (double-where, no NaN).
     """
-    r = forces_ref - params.mu0
-    eps = 1e-12
-    norm = torch.sqrt((r * r).sum(-1) + eps) - math.sqrt(eps)
+    r2 = ((forces_ref - params.mu0) ** 2).sum(-1)
+    positive = r2 > 0
+    norm = torch.where(positive, torch.sqrt(torch.where(positive, r2, torch.ones_like(r2))), 0.0)
     return norm * (2.0 * params.kappa + params.nu_w)
 
 

@@ -30,6 +30,9 @@ def evidential_total_loss(
     Returns:
         dict with ``loss`` (the scalar to minimise), ``force_loss`` and ``energy_loss``.
     """
+    _check_shape("forces_ref", forces_ref, tuple(params[0].shape))
+    _check_shape("energy_ref", energy_ref, tuple(energy_pred.shape))
+    _check_shape("num_atoms", num_atoms, tuple(energy_pred.shape))
     force = head.force_loss(params, forces_ref).mean()
     energy = energy_loss(energy_pred, energy_ref, num_atoms, config.per_atom_energy)
     return {
@@ -37,3 +40,10 @@ def evidential_total_loss(
         "force_loss": force,
         "energy_loss": energy,
     }
+
+
+def _check_shape(name: str, tensor: Tensor, expected: tuple) -> None:
+    if tuple(tensor.shape) != expected:
+        raise ValueError(
+            f"{name} has shape {tuple(tensor.shape)}, expected {expected} to match the predictions"
+        )

@@ -37,9 +37,7 @@ def gaussian_uncertainty(params: GaussianParams) -> ForceUncertainty:
     return ForceUncertainty(torch.zeros_like(params.cov), params.cov, sigma)
 
 
-def structure_uncertainty(
-    sigma: Tensor, batch: Tensor, num_graphs: int
-) -> tuple[Tensor, Tensor]:
+def structure_uncertainty(sigma: Tensor, batch: Tensor, num_graphs: int) -> tuple[Tensor, Tensor]:
     """Per-structure mean and max of the per-atom sigma_i.
 
     Args:

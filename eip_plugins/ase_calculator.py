@@ -1,0 +1,184 @@
+"""One ASE calculator implementation shared by the MACE and NequIP adapters.
+
+A framework adapter subclasses :class:`UncertaintyCalculator` and implements
+:meth:`UncertaintyCalculator.evaluate_model` (load-model and atoms-to-graph code stays in the
+adapter); input validation, unit conversion to numpy, and uncertainty-driven dynamics (UDD) live
+here once.
+
+Results (ASE units: eV, eV/A, eV/A^3):
+
+===========================  ==========  ==========================================
+``energy``, ``free_energy``  float       backbone energy (+ UDD bias energy if on)
+``forces``                   (N, 3)      F (+ limited bias force if UDD is on)
+``stress``                   (6,)        Voigt, periodic cells, when the backbone has it
+``forces_uncertainty``       (N,)        sigma_i
+``forces_epistemic_cov``     (N, 3, 3)
+``forces_aleatoric_cov``     (N, 3, 3)
+``uncertainty``              float       mean_i sigma_i
+``uncertainty_max``          float       max_i sigma_i
+``forces_unbiased``          (N, 3)      UDD only: F without bias
+``udd_bias_energy``          float       UDD only
+``udd_bias_forces``          (N, 3)      UDD only: the limited bias force added to F
+===========================  ==========  ==========================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+import numpy as np
+import torch
+from ase.calculators.calculator import Calculator, all_changes
+from ase.data import chemical_symbols
+
+from .core import keys
+from .core.udd import UDDConfig, limit_bias_forces, udd_bias_energy, udd_bias_forces
+
+MIN_INTERATOMIC_DISTANCE = 0.1  # A; closer atoms are treated as a broken structure
+
+
+class UncertaintyCalculator(Calculator):
+    """Base ASE calculator returning forces with evidential uncertainties, optionally biased (UDD).
+
+    Args:
+        udd: ``None`` (no bias), a :class:`UDDConfig`, or a dict of its fields (A, B, C, D, form).
+        energy_units_to_eV, length_units_to_A: unit conversion of the model's outputs.
+
+    Subclasses implement :meth:`evaluate_model` and set ``known_atomic_numbers``.
+    """
+
+    implemented_properties = [
+        "energy",
+        "free_energy",
+        "forces",
+        "stress",
+        *keys.PER_ATOM_UNCERTAINTY_KEYS,
+        *keys.PER_STRUCTURE_UNCERTAINTY_KEYS,
+        "forces_unbiased",
+        "udd_bias_energy",
+        "udd_bias_forces",
+    ]
+    known_atomic_numbers: set[int] | None = None
+    supports_udd: bool = True
+
+    def __init__(self, udd: UDDConfig | dict | None = None, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(udd, dict):
+            udd = UDDConfig(**udd)
+        if udd is not None and not isinstance(udd, UDDConfig):
+            raise TypeError(f"udd must be None, a dict or a UDDConfig, got {type(udd).__name__}")
+        if udd is not None and not self.supports_udd:
+            raise ValueError(
+                f"{type(self).__name__} cannot compute uncertainty-driven bias forces "
+                "(no gradient of the uncertainty is available from this model); load the "
+                "model from a checkpoint/package instead of a compiled file to use udd=..."
+            )
+        self.udd = udd
+
+    # -- for subclasses -------------------------------------------------------------------------
+    def evaluate_model(self, atoms, keep_graph: bool) -> dict[str, torch.Tensor]:
+        """Run the model on ``atoms``.
+
+        Returns torch tensors: ``energy`` () eV, ``forces`` (N, 3) eV/A, optionally ``stress``
+        (3, 3) eV/A^3, and the fields ``forces_uncertainty`` (N,), ``forces_epistemic_cov``
+        (N, 3, 3), ``forces_aleatoric_cov`` (N, 3, 3), ``uncertainty`` (1,), ``uncertainty_max``
+        (1,). With ``keep_graph`` it also returns ``positions`` (N, 3), requiring grad, such that
+        ``torch.autograd.grad(out["uncertainty"].sum(), out["positions"])`` works.
+        """
+        raise NotImplementedError
+
+    # -- validation -------------------------------------------------------------------------------
+    def check_atoms(self, atoms) -> None:
+        """Raise ValueError naming the problem for structures the model cannot evaluate."""
+        pos = atoms.get_positions()
+        if len(atoms) == 0:
+            raise ValueError("cannot evaluate an empty structure (0 atoms)")
+        bad = np.flatnonzero(~np.isfinite(pos).all(axis=1))
+        if bad.size:
+            raise ValueError(
+                f"non-finite (NaN/inf) positions for atom(s) {bad[:10].tolist()} "
+                f"({atoms.get_chemical_formula()})"
+            )
+        if self.known_atomic_numbers is not None:
+            unknown = sorted(set(atoms.numbers.tolist()) - set(self.known_atomic_numbers))
+            if unknown:
+                names = [chemical_symbols[z] for z in unknown]
+                known = [chemical_symbols[z] for z in sorted(self.known_atomic_numbers)]
+                raise ValueError(
+                    f"element(s) {names} are not known to this model (it was trained on {known})"
+                )
+        if len(atoms) > 1:
+            i, j, d = _closest_pair(atoms)
+            if d < MIN_INTERATOMIC_DISTANCE:
+                raise ValueError(
+                    f"atoms {i} and {j} overlap (distance {d:.3g} A < "
+                    f"{MIN_INTERATOMIC_DISTANCE} A): the structure is broken"
+                )
+
+    # -- ASE ----------------------------------------------------------------------------------------
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes):
+        super().calculate(atoms, properties, system_changes)
+        self.check_atoms(self.atoms)
+        use_bias = self.udd is not None and self.udd.A > 0.0
+        out = self.evaluate_model(self.atoms, keep_graph=use_bias)
+        results = {
+            "energy": _scalar(out["energy"]),
+            "forces": _array(out["forces"]),
+            keys.FORCES_UNCERTAINTY: _array(out[keys.FORCES_UNCERTAINTY]),
+            keys.FORCES_EPISTEMIC_COV: _array(out[keys.FORCES_EPISTEMIC_COV]),
+            keys.FORCES_ALEATORIC_COV: _array(out[keys.FORCES_ALEATORIC_COV]),
+            keys.UNCERTAINTY: _scalar(out[keys.UNCERTAINTY]),
+            keys.UNCERTAINTY_MAX: _scalar(out[keys.UNCERTAINTY_MAX]),
+        }
+        if "stress" in out and self.atoms.cell.rank == 3:
+            results["stress"] = _voigt(_array(out["stress"]))
+        if self.udd is not None:
+            results.update(self._bias(out, results, use_bias))
+        results["free_energy"] = results["energy"]
+        self.results = results
+
+    def _bias(self, out, results, use_bias: bool) -> dict:
+        forces = results["forces"]
+        if not use_bias:  # A == 0: exactly the unbiased forces
+            zero = np.zeros_like(forces)
+            return {"forces_unbiased": forces, "udd_bias_energy": 0.0, "udd_bias_forces": zero}
+        energy_bias = udd_bias_energy(out[keys.UNCERTAINTY], len(self.atoms), self.udd)
+        raw = udd_bias_forces(energy_bias, out["positions"])
+        limited = _array(limit_bias_forces(raw, self.udd))
+        e_bias = _scalar(energy_bias)
+        return {
+            "forces_unbiased": forces,
+            "udd_bias_energy": e_bias,
+            "udd_bias_forces": limited,
+            "forces": forces + limited,
+            "energy": results["energy"] + e_bias,
+        }
+
+    def todict(self) -> dict:
+        d = super().todict()
+        if self.udd is not None:
+            d["udd"] = asdict(self.udd)
+        return d
+
+
+def _closest_pair(atoms) -> tuple[int, int, float]:
+    from ase.neighborlist import neighbor_list
+
+    i, j, d = neighbor_list("ijd", atoms, MIN_INTERATOMIC_DISTANCE * 2)
+    if len(d) == 0:
+        return 0, 0, float("inf")
+    k = int(np.argmin(d))
+    return int(i[k]), int(j[k]), float(d[k])
+
+
+def _array(t) -> np.ndarray:
+    return t.detach().cpu().double().numpy() if torch.is_tensor(t) else np.asarray(t, float)
+
+
+def _scalar(t) -> float:
+    return float(_array(t).reshape(-1)[0])
+
+
+def _voigt(stress: np.ndarray) -> np.ndarray:
+    s = stress.reshape(3, 3)
+    return np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])

@@ -1,0 +1,44 @@
+"""Psi = psi0 exp(sI + T) is SPD for any input, including huge and exactly isotropic ones."""
+
+import pytest
+import torch
+from conftest import make_head
+
+from eip_plugins.core._e3nn import o3
+from eip_plugins.core.spd import spd_from_tangent, symmetric_traceless_basis
+
+IRREPS = o3.Irreps("6x0e + 6x1o")
+
+
+@pytest.mark.parametrize("kind", ["e2ip", "mve"])
+def test_spd_for_10k_random_inputs(kind):
+    torch.manual_seed(0)
+    head = make_head(kind, IRREPS)
+    n = 10_000
+    scales = torch.logspace(-3, 3, n, dtype=torch.float64)[:, None]
+    feats = torch.randn(n, IRREPS.dim, dtype=torch.float64) * scales
+    feats[:500, 6:] = 0.0  # vector channels zero: T = 0 exactly (isotropic)
+    params = head(feats, torch.zeros(n, 3, dtype=torch.float64))
+    unc = head.uncertainty(params)
+    for cov in (unc.aleatoric_cov,) + ((unc.epistemic_cov,) if kind == "e2ip" else ()):
+        assert torch.isfinite(cov).all()
+        torch.testing.assert_close(cov, cov.transpose(-1, -2), rtol=0, atol=0)
+        assert (torch.linalg.eigvalsh(cov) > 0).all()
+    # T = 0 gives an isotropic covariance.
+    iso = unc.aleatoric_cov[:500]
+    diag = iso.diagonal(dim1=-2, dim2=-1)
+    torch.testing.assert_close(iso, torch.diag_embed(diag), rtol=0, atol=1e-12 * diag.max().item())
+    torch.testing.assert_close(diag, diag[:, :1].expand(-1, 3), rtol=1e-10, atol=0)
+
+
+def test_closed_form_inverse_and_log_det():
+    torch.manual_seed(1)
+    q = symmetric_traceless_basis(torch.float64)
+    t = torch.einsum("nk,kij->nij", torch.randn(50, 5, dtype=torch.float64), q)
+    torch.testing.assert_close(t.diagonal(dim1=-2, dim2=-1).sum(-1), torch.zeros(50, dtype=t.dtype))
+    s = torch.randn(50, dtype=torch.float64)
+    log_psi0 = torch.tensor(0.3, dtype=torch.float64)
+    psi, psi_inv, log_det = spd_from_tangent(s, t, log_psi0)
+    eye = torch.eye(3, dtype=torch.float64).expand(50, 3, 3)
+    torch.testing.assert_close(psi @ psi_inv, eye, rtol=0, atol=1e-10)
+    torch.testing.assert_close(log_det, torch.logdet(psi), rtol=1e-10, atol=1e-10)
