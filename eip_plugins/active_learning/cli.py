@@ -1,0 +1,120 @@
+"""``eip-al``: the active-learning loop from the command line.
+
+Example (MACE, e2ip head, UDD exploration, GFN2-xTB labels)::
+
+    eip-al --framework mace --model ethanol_e2ip.model \\
+        --train_file examples/data/ethanol_train.xyz \\
+        --start examples/data/ethanol_test_300K.xyz@0 --workdir al_run \\
+        --generations 3 --dynamics udd --steps 2000 --temperature 300 \\
+        --threshold 0.05 --max_frames 20 \\
+        --train_command "mace_run_train --name=model --train_file={train_file} ..." \\
+        --model_path "{gen_dir}/model.model"
+
+Re-running the same command after an interruption resumes after the last finished generation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+import ase.io
+
+from ..core.udd import UDDConfig
+from ..dynamics import MDSettings
+from ..frameworks import make_uq_calculator
+from .labelling import tblite_reference
+from .loop import ActiveLearningLoop, ALSettings
+from .retrain import CommandRetrainer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="eip-al", description=__doc__.split("\n\n")[0])
+    p.add_argument("--framework", choices=("mace", "nequip"), required=True)
+    p.add_argument("--model", required=True, help="starting model trained with an evidential head")
+    p.add_argument("--train_file", required=True, help="training extxyz (never modified)")
+    p.add_argument("--start", required=True, help="start structure(s): FILE or FILE@INDEX")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--generations", type=int, default=2)
+    p.add_argument("--dynamics", choices=("udd", "md"), default="udd")
+    p.add_argument("--steps", type=int, default=2000)
+    p.add_argument("--timestep", type=float, default=0.5, help="fs")
+    p.add_argument("--temperature", type=float, default=300.0, help="K")
+    p.add_argument("--thermostat", choices=("langevin", "berendsen"), default="langevin")
+    p.add_argument("--record_every", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threshold", type=float, default=None, help="eV/A; default: none")
+    p.add_argument("--statistic", choices=("mean", "max"), default="mean")
+    p.add_argument("--min_spacing", type=int, default=5, help="in recorded frames")
+    p.add_argument("--max_frames", type=int, default=20)
+    defaults = UDDConfig()
+    p.add_argument("--udd_A", type=float, default=defaults.A, help="bias depth, eV")
+    p.add_argument("--udd_B", type=float, default=defaults.B, help="uncertainty scale, eV/A")
+    p.add_argument("--udd_C", type=float, default=defaults.C, help="limiter gain")
+    p.add_argument("--udd_D", type=float, default=defaults.D, help="limiter width, eV/A")
+    p.add_argument("--udd_form", choices=("squared", "linear"), default=defaults.form)
+    p.add_argument(
+        "--train_command",
+        required=True,
+        help="training command template ({train_file} {gen_dir} {generation} {model})",
+    )
+    p.add_argument("--model_path", required=True, help="trained model path template")
+    p.add_argument("--device", default="cpu")
+    return p
+
+
+def _read_start(spec: str):
+    path, _, index = spec.partition("@")
+    return ase.io.read(path, index or ":")
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    try:
+        start = _read_start(args.start)
+        settings = ALSettings(
+            generations=args.generations,
+            dynamics=args.dynamics,
+            md=MDSettings(
+                steps=args.steps,
+                timestep_fs=args.timestep,
+                temperature_K=args.temperature,
+                thermostat=args.thermostat,
+                record_every=args.record_every,
+                seed=args.seed,
+            ),
+            udd=UDDConfig(
+                A=args.udd_A, B=args.udd_B, C=args.udd_C, D=args.udd_D, form=args.udd_form
+            ),
+            threshold=args.threshold,
+            statistic=args.statistic,
+            min_spacing=args.min_spacing,
+            max_frames=args.max_frames,
+        )
+        loop = ActiveLearningLoop(
+            workdir=args.workdir,
+            model=args.model,
+            train_file=args.train_file,
+            start_structures=start if isinstance(start, list) else [start],
+            make_calculator=lambda m, udd: make_uq_calculator(args.framework, m, udd, args.device),
+            retrainer=CommandRetrainer(args.train_command, args.model_path),
+            make_reference=tblite_reference,
+            settings=settings,
+        )
+        state = loop.run()
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"eip-al: error: {err}", file=sys.stderr)
+        return 2
+    for g in state["generations"]:
+        print(
+            f"generation {g['generation']}: mean sigma {g['mean_uncertainty']:.4f} eV/A, "
+            f"entropy {g['entropy']:.3f}, labelled {g['n_labelled']} (+{g['n_added']} new), "
+            f"model {g['model']}"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

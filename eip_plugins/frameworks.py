@@ -1,0 +1,26 @@
+"""Pick the uncertainty calculator of a framework by name (imports the framework lazily)."""
+
+from __future__ import annotations
+
+FRAMEWORKS = ("mace", "nequip")
+
+
+def make_uq_calculator(framework: str, model_path: str, udd=None, device: str = "cpu"):
+    """An :class:`~eip_plugins.ase_calculator.UncertaintyCalculator` for ``model_path``.
+
+    Args:
+        framework: ``"mace"`` (a ``*.model`` trained with ``--head``) or ``"nequip"`` (a
+            checkpoint or package of a model with an evidential head).
+        udd: ``None`` or a :class:`~eip_plugins.core.udd.UDDConfig`.
+    """
+    if framework == "mace":
+        from .mace import MACEUQCalculator
+
+        return MACEUQCalculator(
+            model_paths=model_path, device=device, default_dtype="float64", udd=udd
+        )
+    if framework == "nequip":
+        from .nequip import NequIPUQCalculator
+
+        return NequIPUQCalculator.from_model_file(model_path, device=device, udd=udd)
+    raise ValueError(f"unknown framework={framework!r}: one of {FRAMEWORKS}")

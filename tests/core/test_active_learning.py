@@ -1,0 +1,187 @@
+"""Active-learning loop mechanics with a toy uncertainty calculator (no framework needed).
+
+The end-to-end run through a framework's own training CLI is in the framework suites.
+"""
+
+import json
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+from ase.calculators.emt import EMT
+from conftest import ToyBackbone, make_head
+
+from eip_plugins.active_learning import (
+    ActiveLearningLoop,
+    ALSettings,
+    frame_key,
+    label_frames,
+    select_uncertain_frames,
+)
+from eip_plugins.ase_calculator import UncertaintyCalculator
+from eip_plugins.core import UDDConfig
+from eip_plugins.dynamics import MDSettings
+
+
+class ToyUQCalculator(UncertaintyCalculator):
+    """Harmonic pair energy + an e2ip head on a toy equivariant featuriser."""
+
+    known_atomic_numbers = {1, 6, 8}
+
+    def __init__(self, udd=None):
+        super().__init__(udd=udd)
+        self.backbone = ToyBackbone()
+        self.head = make_head("e2ip", self.backbone.irreps_out, seed=3)
+        self.r0 = None
+
+    def evaluate_model(self, atoms, keep_graph):
+        pos = torch.tensor(atoms.get_positions(), dtype=torch.float64, requires_grad=True)
+        d = torch.cdist(pos, pos) + torch.eye(len(pos), dtype=torch.float64)
+        if self.r0 is None:
+            self.r0 = d.detach().clone()
+        energy = 0.5 * ((d - self.r0) ** 2).triu(1).sum()
+        (grad,) = torch.autograd.grad(energy, pos, create_graph=keep_graph)
+        forces = -grad
+        params = self.head(self.backbone(pos), forces)
+        out = self.head.fields(params, torch.zeros(len(pos), dtype=torch.long), 1)
+        out.update(energy=energy, forces=forces, positions=pos)
+        return out
+
+
+def test_calculator_results_and_bad_input():
+    atoms = molecule("CH3CH2OH")
+    atoms.calc = ToyUQCalculator()
+    assert atoms.calc.get_property("forces_epistemic_cov", atoms).shape == (9, 3, 3)
+    assert np.isfinite(atoms.calc.get_property("uncertainty", atoms))
+    bad = atoms.copy()
+    bad.positions[2, 1] = np.nan
+    bad.calc = ToyUQCalculator()
+    with pytest.raises(ValueError, match="non-finite.*atom\\(s\\) \\[2\\]"):
+        bad.get_forces()
+    clash = atoms.copy()
+    clash.positions[1] = clash.positions[0] + 0.01
+    clash.calc = ToyUQCalculator()
+    with pytest.raises(ValueError, match="atoms 0 and 1 overlap"):
+        clash.get_forces()
+    alien = molecule("CH3CH2OH")
+    alien.numbers[0] = 14
+    alien.calc = ToyUQCalculator()
+    with pytest.raises(ValueError, match="\\['Si'\\] are not known"):
+        alien.get_forces()
+
+
+def test_udd_with_zero_depth_gives_unbiased_forces_and_bias_is_bounded():
+    atoms = molecule("CH3CH2OH")
+    atoms.rattle(0.05, seed=1)
+    plain = ToyUQCalculator()
+    off = ToyUQCalculator(udd=UDDConfig(A=0.0))
+    on = ToyUQCalculator(udd=UDDConfig(A=5.0, B=0.05, C=2.0, D=0.1))
+    f_plain = plain.get_forces(atoms)
+    np.testing.assert_array_equal(off.get_forces(atoms), f_plain)
+    f_on = on.get_forces(atoms)
+    np.testing.assert_allclose(on.results["forces_unbiased"], f_plain, rtol=1e-12)
+    bias = on.results["udd_bias_forces"]
+    np.testing.assert_allclose(f_on, f_plain + bias, rtol=1e-12)
+    assert np.abs(bias).max() <= on.udd.max_bias_force + 1e-12
+    assert np.abs(bias).max() > 0
+
+
+def test_selection_threshold_spacing_and_cap():
+    u = np.array([0.1, 0.9, 0.8, 0.2, 0.7, 0.95, 0.1])
+    assert select_uncertain_frames(u, 0.5, min_spacing=1) == [1, 2, 4, 5]
+    # greedy by uncertainty: 5 (0.95), 1 (0.9); 2 and 4 are too close to an accepted frame
+    assert select_uncertain_frames(u, 0.5, min_spacing=2) == [1, 5]
+    assert len(select_uncertain_frames(u, -1.0, min_spacing=1, max_frames=3)) == 3
+    assert select_uncertain_frames(u, 2.0) == []
+
+
+def test_labelling_skips_failures():
+    frames = [molecule("CH3CH2OH") for _ in range(4)]
+    for i, f in enumerate(frames):
+        f.rattle(0.01, seed=i)
+    calls = {"n": 0}
+
+    def flaky():
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("SCF not converged")
+        return EMT()
+
+    labelled, failures = label_frames(frames, flaky)
+    assert len(labelled) == 3 and failures[0][0] == 1 and "SCF" in failures[0][1]
+    assert "REF_energy" in labelled[0].info and labelled[0].arrays["REF_forces"].shape == (9, 3)
+
+
+def _base_training_set(path, n=5):
+    frames = []
+    for i in range(n):
+        a = molecule("CH3CH2OH")
+        a.rattle(0.02, seed=100 + i)
+        a.calc = EMT()
+        a.info["REF_energy"] = a.get_potential_energy()
+        a.arrays["REF_forces"] = a.get_forces()
+        a.calc = None
+        frames.append(a)
+    ase.io.write(path, frames, format="extxyz")
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_loop_two_generations_resume_without_duplicates(tmp_path):
+    train = tmp_path / "train.xyz"
+    _base_training_set(train)
+    original = train.read_bytes()
+    calls = []
+
+    def retrain(train_file, gen_dir, generation, model):
+        calls.append(generation)
+        if generation == 2 and calls.count(2) == 1:
+            raise Interrupt("killed")
+        out = gen_dir / "model.txt"
+        out.write_text(f"trained on {train_file}")
+        return str(out)
+
+    settings = ALSettings(
+        generations=2,
+        dynamics="udd",
+        md=MDSettings(steps=40, record_every=2, timestep_fs=0.5),
+        udd=UDDConfig(A=1.0, B=0.05),
+        max_frames=4,
+        min_spacing=2,
+    )
+
+    def make_loop():
+        return ActiveLearningLoop(
+            tmp_path / "al",
+            "model0",
+            train,
+            [molecule("CH3CH2OH")],
+            lambda model, udd: ToyUQCalculator(udd=udd),
+            retrain,
+            EMT,
+            settings,
+        )
+
+    with pytest.raises(Interrupt):
+        make_loop().run()
+    state = json.loads((tmp_path / "al" / "al_state.json").read_text())
+    assert len(state["generations"]) == 1
+    gen1_train = (tmp_path / "al" / "gen_001" / "train.xyz").read_bytes()
+
+    state = make_loop().run()
+    assert calls == [1, 2, 2]  # generation 1 was not redone
+    assert [g["generation"] for g in state["generations"]] == [1, 2]
+    assert (tmp_path / "al" / "gen_001" / "train.xyz").read_bytes() == gen1_train
+    assert train.read_bytes() == original  # the user's file is untouched
+    final = ase.io.read(tmp_path / "al" / "gen_002" / "train.xyz", ":")
+    keys = [frame_key(a) for a in final]
+    assert len(keys) == len(set(keys))
+    n_added = sum(g["n_added"] for g in state["generations"])
+    assert len(final) == 5 + n_added and n_added > 0
+    for name in ("trajectory.xyz", "md_log.txt", "md.png", "selected.xyz", "labelled.xyz"):
+        assert (tmp_path / "al" / "gen_002" / name).exists(), name
+    assert 0.0 <= state["generations"][1]["entropy"] <= 1.0
