@@ -57,6 +57,7 @@ class UncertaintyCalculator(Calculator):
         "forces_unbiased",
         "udd_bias_energy",
         "udd_bias_forces",
+        *keys.RAW_PARAMETER_KEYS,
     ]
     known_atomic_numbers: set[int] | None = None
     supports_udd: bool = True
@@ -130,6 +131,9 @@ class UncertaintyCalculator(Calculator):
             keys.UNCERTAINTY: _scalar(out[keys.UNCERTAINTY]),
             keys.UNCERTAINTY_MAX: _scalar(out[keys.UNCERTAINTY_MAX]),
         }
+        for key in keys.RAW_PARAMETER_KEYS:  # evidential parameters, when the model gives them
+            if key in out:
+                results[key] = _array(out[key])
         if "stress" in out and self.atoms.cell.rank == 3:
             results["stress"] = _voigt(_array(out["stress"]))
         if self.udd is not None:

@@ -147,3 +147,39 @@ def predictive_distribution(params):
         scale = torch.sqrt(params.beta * (1.0 + params.nu) / (params.nu * params.alpha))
         return IndependentStudentT(params.gamma, scale, 2.0 * params.alpha)
     raise TypeError(f"no predictive distribution for parameters of type {type(params).__name__}")
+
+
+def params_from_fields(fields, forces) -> NIWParams | NIGParams | GaussianParams:
+    """Rebuild head parameters from output fields (e.g. a calculator's results).
+
+    Args:
+        fields: mapping with the raw evidential fields of one head kind (``e2ip_kappa``,
+            ``e2ip_nu_w``, ``e2ip_psi`` | ``eip_nu``, ``eip_alpha``, ``eip_beta`` | ``mve_cov``),
+            arrays or tensors over N atoms.
+        forces: (N, 3) predicted forces, eV/A.
+    """
+
+    def t(x):
+        return torch.as_tensor(np_asarray(x), dtype=torch.float64)
+
+    forces = t(forces)
+    if "e2ip_psi" in fields:
+        psi = t(fields["e2ip_psi"])
+        return NIWParams(
+            forces,
+            t(fields["e2ip_kappa"]),
+            t(fields["e2ip_nu_w"]),
+            psi,
+            torch.linalg.inv(psi),
+            torch.logdet(psi),
+        )
+    if "eip_nu" in fields:
+        return NIGParams(forces, t(fields["eip_nu"]), t(fields["eip_alpha"]), t(fields["eip_beta"]))
+    if "mve_cov" in fields:
+        cov = t(fields["mve_cov"])
+        return GaussianParams(forces, cov, torch.linalg.inv(cov), torch.logdet(cov))
+    raise KeyError("no evidential parameter fields (e2ip_*, eip_*, mve_cov) in the given fields")
+
+
+def np_asarray(x):
+    return x.detach().cpu().numpy() if torch.is_tensor(x) else np.asarray(x)

@@ -6,9 +6,12 @@ that the set can be regenerated anywhere in a few minutes on a laptop CPU.
 
 Sampling: gas-phase Langevin molecular dynamics with the GFN2-xTB calculator itself
 (timestep 0.5 fs, friction 0.02 1/fs), started from the ``ase.build.molecule`` geometry
-with Maxwell-Boltzmann velocities (centre-of-mass momentum and angular momentum removed).
-After an equilibration stage, one frame is kept every ``--stride`` MD steps.  Every split
-is an independent trajectory with its own seed (``--seed`` + a fixed per-split offset).
+with Maxwell-Boltzmann velocities (centre-of-mass momentum and angular momentum removed;
+centre of mass held fixed with ``FixCom``).  Every file is drawn from ``--walkers``
+independent trajectories ("walkers"), each equilibrated for ``--equil-steps`` steps and then
+sampled every ``--stride`` steps.  Each file has its own random generator, seeded with
+``--seed`` + a fixed per-file offset (train 0, valid 1, test_300K 2, test_1200K 3, unseen 4),
+so the splits are statistically independent and the output is reproducible.
 
 Output files (extxyz, non-periodic, zero cell):
 
@@ -24,7 +27,7 @@ Labels: ``atoms.info["REF_energy"]`` (eV), ``atoms.arrays["REF_forces"]`` (eV/An
 keys are written.
 
 Frames whose SCF fails, or in which the molecule changed its bonding topology, are skipped
-(logged); the trajectory then resumes from the last good frame with a fresh calculator.
+(logged); the walker then resumes from the last kept frame with a fresh calculator.
 
 Example::
 
@@ -37,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +59,11 @@ from ase.md.velocitydistribution import (
 )
 from ase.neighborlist import natural_cutoffs, neighbor_list
 
+try:  # ASE >= 3.29; MaxwellBoltzmannDistribution is deprecated there
+    from ase.md.velocitydistribution import thermalize_momenta
+except ImportError:  # pragma: no cover - older ASE
+    thermalize_momenta = None
+
 try:
     from tqdm import tqdm
 except ImportError:  # pragma: no cover - tqdm is optional
@@ -66,11 +75,12 @@ METHOD = "GFN2-xTB"
 ALLOWED_ELEMENTS = {"H", "C", "O"}
 # Spin multiplicities of the free atoms (ground states: H 2S, C 3P, O 3P).
 ATOM_MULTIPLICITY = {"H": 2, "C": 3, "O": 3}
+BOND_FACTOR = 1.35  # bonded if distance < BOND_FACTOR x (sum of ASE covalent radii)
 
 
 @dataclass(frozen=True)
 class Split:
-    """One output file: an independent Langevin trajectory.
+    """One output file, sampled by its own independent Langevin walkers.
 
     Attributes:
         filename: output file name (extxyz).
@@ -96,20 +106,28 @@ class MDSettings:
     Attributes:
         timestep_fs: integration timestep in fs.
         friction_per_fs: Langevin friction coefficient in 1/fs.
-        equil_steps: MD steps discarded before the first kept frame.
+        equil_steps: MD steps discarded at the start of every walker.
         stride: MD steps between kept frames.
-        max_failures: give up on a split after this many skipped frames.
+        walkers: independent trajectories per split (frames divided evenly among them).
+        max_failures: give up on a walker after this many skipped frames.
     """
 
     timestep_fs: float = 0.5
     friction_per_fs: float = 0.02
-    equil_steps: int = 400
+    equil_steps: int = 1000
     stride: int = 20
+    walkers: int = 5
     max_failures: int = 50
 
 
 def make_calculator(multiplicity: int | None = None):
-    """Return a fresh, silent tblite GFN2-xTB ASE calculator (energies in eV)."""
+    """Return a fresh, silent tblite GFN2-xTB ASE calculator (energies in eV).
+
+    tblite is imported lazily and, unless ``OMP_NUM_THREADS`` is already set, limited to one
+    OpenMP thread: for 9 atoms threading only adds overhead, and spinning OpenMP threads slow
+    the run down by ~10x when another process shares the (2-core) CPU.
+    """
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     from tblite.ase import TBLite
 
     kwargs = {"method": METHOD, "verbosity": 0}
@@ -131,14 +149,21 @@ def build_molecule(name: str) -> Atoms:
 
 
 def bond_topology(atoms: Atoms) -> frozenset[tuple[int, int]]:
-    """Return the set of bonded atom pairs (i < j) from ASE covalent radii (x1.2)."""
-    i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=1.2))
-    return frozenset((int(a), int(b)) for a, b in zip(i, j) if a < b)
+    """Return the set of bonded atom pairs (i < j): distance < 1.35 x sum of covalent radii.
+
+    The generous factor keeps thermally stretched bonds (even at 1200 K) as bonds, while
+    non-bonded pairs in these molecules stay above ~1.5 x the covalent-radius sum.
+    """
+    i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=BOND_FACTOR))
+    return frozenset((int(a), int(b)) for a, b in zip(i, j, strict=True) if a < b)
 
 
 def init_velocities(atoms: Atoms, temperature_K: float, rng: np.random.Generator) -> None:
     """Draw Maxwell-Boltzmann velocities at ``temperature_K`` (K) without net drift/rotation."""
-    MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
+    if thermalize_momenta is not None:  # ASE >= 3.29
+        thermalize_momenta(atoms, temperature_K, rng=rng)
+    else:  # pragma: no cover - older ASE
+        MaxwellBoltzmannDistribution(atoms, temperature_K=temperature_K, rng=rng)
     Stationary(atoms)
     ZeroRotation(atoms)
 
@@ -166,45 +191,52 @@ def labelled_frame(atoms: Atoms, config_type: str) -> Atoms:
     return frame
 
 
-def sample_split(split: Split, md: MDSettings, seed: int, show_progress: bool) -> list[Atoms]:
-    """Run one Langevin trajectory and return ``split.n_frames`` labelled frames.
+def start_walker(split: Split, md: MDSettings, rng: np.random.Generator) -> Langevin:
+    """Build the molecule, draw velocities and equilibrate it for ``md.equil_steps`` steps.
 
-    Args:
-        split: what to sample (molecule, temperature in K, number of frames).
-        md: MD settings (timestep in fs, friction in 1/fs, equilibration, stride).
-        seed: seed of the ``numpy`` generator used for velocities and Langevin noise.
-        show_progress: show a tqdm bar if tqdm is installed.
+    Returns the Langevin integrator (its ``atoms`` carry a GFN2-xTB calculator).  The
+    centre of mass is held fixed with ``FixCom``; temperatures in K, time in fs.
     """
-    rng = np.random.default_rng(seed)
-    atoms = build_molecule(split.molecule)
-    atoms.set_constraint(FixCom())
-    atoms.calc = make_calculator()
-    reference_bonds = bond_topology(atoms)
-    init_velocities(atoms, split.temperature_K, rng)
-    dyn = Langevin(
-        atoms,
-        timestep=md.timestep_fs * units.fs,
-        temperature_K=split.temperature_K,
-        friction=md.friction_per_fs / units.fs,
-        fixcm=False,
-        rng=rng,
-    )
-    dyn.run(md.equil_steps)
-    LOG.info(
-        "%s: %s at %g K, seed %d, equilibrated %d steps (T_inst = %.0f K)",
-        split.filename,
-        split.molecule,
-        split.temperature_K,
-        seed,
-        md.equil_steps,
-        atoms.get_temperature(),
-    )
+    for attempt in range(3):
+        atoms = build_molecule(split.molecule)
+        atoms.set_constraint(FixCom())
+        atoms.calc = make_calculator()
+        init_velocities(atoms, split.temperature_K, rng)
+        dyn = Langevin(
+            atoms,
+            timestep=md.timestep_fs * units.fs,
+            temperature_K=split.temperature_K,
+            friction=md.friction_per_fs / units.fs,
+            fixcm=False,
+            rng=rng,
+        )
+        try:
+            dyn.run(md.equil_steps)
+            return dyn
+        except CalculationFailed as err:
+            LOG.warning("%s: equilibration attempt %d failed (%s)", split.filename, attempt, err)
+    raise RuntimeError(f"{split.filename}: equilibration failed three times")
 
+
+def run_walker(
+    split: Split, md: MDSettings, rng: np.random.Generator, n_frames: int, bar=None
+) -> tuple[list[Atoms], int]:
+    """Run one equilibrated Langevin walker and keep ``n_frames`` frames, ``md.stride`` apart.
+
+    A frame whose SCF fails or whose bonding topology differs from the starting geometry is
+    skipped: the walker is reset to the last kept frame with a fresh calculator and goes on
+    (the Langevin noise then takes it along a different path).
+
+    Returns:
+        The labelled frames and the number of skipped frames.
+    """
+    dyn = start_walker(split, md, rng)
+    atoms = dyn.atoms
+    reference_bonds = bond_topology(build_molecule(split.molecule))
     frames: list[Atoms] = []
     failures = 0
     last_good = (atoms.get_positions(), atoms.get_momenta())
-    bar = tqdm(total=split.n_frames, desc=split.filename, leave=False) if show_progress else None
-    while len(frames) < split.n_frames:
+    while len(frames) < n_frames:
         try:
             dyn.run(md.stride)
             if bond_topology(atoms) != reference_bonds:
@@ -213,7 +245,7 @@ def sample_split(split: Split, md: MDSettings, seed: int, show_progress: bool) -
             last_good = (atoms.get_positions(), atoms.get_momenta())
         except CalculationFailed as err:
             failures += 1
-            LOG.warning("%s: skipped frame %d (%s)", split.filename, len(frames), err)
+            LOG.warning("%s: skipped a frame (%s)", split.filename, err)
             if failures > md.max_failures:
                 raise RuntimeError(f"{split.filename}: too many failed frames") from err
             atoms.calc = make_calculator()
@@ -222,8 +254,49 @@ def sample_split(split: Split, md: MDSettings, seed: int, show_progress: bool) -
             continue
         if bar is not None:
             bar.update(1)
-        elif len(frames) % max(1, split.n_frames // 5) == 0:
-            LOG.info("%s: %d/%d frames", split.filename, len(frames), split.n_frames)
+    return frames, failures
+
+
+def sample_split(split: Split, md: MDSettings, seed: int, show_progress: bool) -> list[Atoms]:
+    """Return ``split.n_frames`` labelled frames from ``md.walkers`` independent walkers.
+
+    The frames are divided as evenly as possible among the walkers, which run one after the
+    other from the same ``numpy`` generator seeded with ``seed`` (velocities and noise).
+
+    Args:
+        split: what to sample (molecule, temperature in K, number of frames).
+        md: MD settings (timestep in fs, friction in 1/fs, equilibration, stride, walkers).
+        seed: seed of the split's random generator.
+        show_progress: show a tqdm bar if tqdm is installed.
+    """
+    rng = np.random.default_rng(seed)
+    n_walkers = max(1, min(md.walkers, split.n_frames))
+    counts = [len(c) for c in np.array_split(np.arange(split.n_frames), n_walkers)]
+    LOG.info(
+        "%s: %s at %g K, seed %d, %d walker(s) x %s frames",
+        split.filename,
+        split.molecule,
+        split.temperature_K,
+        seed,
+        n_walkers,
+        "/".join(map(str, sorted(set(counts)))),
+    )
+    bar = tqdm(total=split.n_frames, desc=split.filename, leave=False) if show_progress else None
+    frames: list[Atoms] = []
+    failures = 0
+    for walker, count in enumerate(counts):
+        walker_frames, walker_failures = run_walker(split, md, rng, count, bar)
+        frames += walker_frames
+        failures += walker_failures
+        LOG.log(
+            logging.DEBUG if bar is not None else logging.INFO,
+            "%s: walker %d/%d done, %d/%d frames",
+            split.filename,
+            walker + 1,
+            n_walkers,
+            len(frames),
+            split.n_frames,
+        )
     if bar is not None:
         bar.close()
     if failures:
@@ -287,28 +360,37 @@ def print_summary(rows: list[dict[str, float]], wall_s: float) -> None:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Parse the command line; ``--quick`` shrinks every split for fast tests."""
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
-    p.add_argument("--seed", type=int, default=2024, help="base seed; split i uses seed + i")
-    p.add_argument("--n-train", type=int, default=300)
-    p.add_argument("--n-valid", type=int, default=50)
-    p.add_argument("--n-test", type=int, default=100)
-    p.add_argument("--n-hot", type=int, default=100, help="frames at --hot-temperature")
-    p.add_argument("--n-unseen", type=int, default=50)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="out dir")
+    p.add_argument("--seed", type=int, default=2024, help="base seed; file i uses seed + i")
+    p.add_argument("--n-train", type=int, default=300, help="frames in ethanol_train.xyz")
+    p.add_argument("--n-valid", type=int, default=50, help="frames in ethanol_valid.xyz")
+    p.add_argument("--n-test", type=int, default=100, help="frames in ethanol_test_300K.xyz")
+    p.add_argument("--n-hot", type=int, default=100, help="frames in ethanol_test_1200K.xyz")
+    p.add_argument("--n-unseen", type=int, default=50, help="frames in unseen_test_300K.xyz")
     p.add_argument("--temperature", type=float, default=300.0, help="K")
     p.add_argument("--hot-temperature", type=float, default=1200.0, help="K")
     p.add_argument("--unseen", default="CH3CHO", help="ase.build.molecule name (C/H/O only)")
     p.add_argument("--timestep", type=float, default=0.5, help="fs")
-    p.add_argument("--friction", type=float, default=0.02, help="1/fs")
-    p.add_argument("--equil-steps", type=int, default=400)
+    p.add_argument("--friction", type=float, default=0.02, help="Langevin friction, 1/fs")
+    p.add_argument("--equil-steps", type=int, default=1000, help="discarded steps per walker")
     p.add_argument("--stride", type=int, default=20, help="MD steps between kept frames")
-    p.add_argument("--quick", action="store_true", help="tiny dataset (seconds), for tests")
-    p.add_argument("--no-progress", action="store_true", help="disable the tqdm bar")
-    p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--walkers", type=int, default=5, help="independent trajectories per file")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny dataset in ~2 s for tests: 20/5/8/8/5 frames, 40 equilibration steps, "
+        "stride 5, 2 walkers (overrides those options)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="log instead of a tqdm bar")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = p.parse_args(argv)
     if args.quick:
         args.n_train, args.n_valid, args.n_test, args.n_hot, args.n_unseen = 20, 5, 8, 8, 5
-        args.equil_steps, args.stride = 40, 5
+        args.equil_steps, args.stride, args.walkers = 40, 5, 2
     return args
 
 
@@ -320,7 +402,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, float]]:
         format="%(asctime)s %(levelname)s %(message)s",
     )
     args.out.mkdir(parents=True, exist_ok=True)
-    md = MDSettings(args.timestep, args.friction, args.equil_steps, args.stride)
+    md = MDSettings(args.timestep, args.friction, args.equil_steps, args.stride, args.walkers)
     show_progress = tqdm is not None and not args.no_progress
     start = time.perf_counter()
     rows = []

@@ -112,3 +112,16 @@ def test_predictive_nll_against_scipy(kind):
     ref = -stats.t.logpdf(y.numpy(), df=2 * alpha, loc=gamma, scale=scale).sum(-1)
     np.testing.assert_allclose(ours, ref, rtol=1e-10)
     assert math.isfinite(float(ours.sum()))
+
+
+@pytest.mark.parametrize("kind", ["e2ip", "mve", "eip"])
+def test_params_round_trip_through_output_fields(kind):
+    from eip_plugins.core.predictive import params_from_fields
+
+    p, y = _head_params(kind)
+    head = make_head(kind, IRREPS)
+    fields = {k: v.detach().numpy() for k, v in head.output_fields(p).items()}
+    rebuilt = params_from_fields(fields, p[0].detach().numpy())
+    torch.testing.assert_close(
+        predictive_distribution(rebuilt).nll(y), predictive_distribution(p).nll(y).detach()
+    )
