@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ..core.metrics import force_error, roc_auc, spearman
+from ..core.metrics import calibration, force_error, roc_auc, spearman
 from ..core.predictive import predictive_distribution
 from .feature_cache import FeatureCache
 
@@ -49,14 +49,17 @@ def _mean_nll(head: nn.Module, cache: FeatureCache) -> float:
 
 
 def evaluate_head(head: nn.Module, cache: FeatureCache) -> dict:
-    """Force MAE, Spearman and ROC-AUC of sigma_i vs error, and predictive NLL on ``cache``."""
+    """Force MAE, Spearman and ROC-AUC of sigma_i vs error, predictive NLL and CE on ``cache``."""
     c = cache.concatenated()
     with torch.no_grad():
         params = head(c.node_feats, c.forces)
         sigma = head.uncertainty(params).sigma
         err = force_error(c.forces, c.forces_ref)
-        nll = float(predictive_distribution(params).nll(c.forces_ref).mean())
+        dist = predictive_distribution(params)
+        nll = float(dist.nll(c.forces_ref).mean())
+        ce = calibration(dist.credible_level(c.forces_ref))["ce"]
     return {
+        "ce": ce,
         "force_mae": float((c.forces - c.forces_ref).abs().mean()),
         "spearman": spearman(sigma, err),
         "roc_auc": roc_auc(sigma, err),
@@ -97,7 +100,7 @@ def fit_head(
                 raise FloatingPointError(f"non-finite head loss at epoch {epoch}")
             loss.backward()
             opt.step()
-            train_loss += float(loss) * c.num_atoms
+            train_loss += loss.item() * c.num_atoms
             n += c.num_atoms
         head.eval()
         nll = _mean_nll(head, monitor)
