@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import sys
 from dataclasses import dataclass, field
 
 import torch
@@ -75,7 +76,7 @@ def fit_head(
     lr: float = 5e-3,
     patience: int = 20,
     seed: int = 0,
-    progress: bool = True,
+    progress: bool | None = None,
 ) -> HeadFitResult:
     """Adam on the head's per-atom force loss, one step per cached chunk.
 
@@ -84,6 +85,8 @@ def fit_head(
     """
     if max_epochs < 1 or patience < 1:
         raise ValueError(f"invalid max_epochs={max_epochs!r} / patience={patience!r}: >= 1")
+    if progress is None:
+        progress = sys.stderr.isatty()
     torch.manual_seed(seed)
     opt = torch.optim.Adam(head.parameters(), lr=lr)
     monitor = valid if valid is not None else train

@@ -15,6 +15,13 @@ UDD_FORMS = ("squared", "linear")
 class UDDConfig:
     """Parameters of the uncertainty-driven bias.
 
+    The defaults were chosen on the demo model (MACE + e2ip, ethanol, GFN2-xTB, 300 K): there the
+    raw bias force at A = 1 eV is ~0.04 eV/A (median component), so A = 8 eV brings it to the
+    limiter width D, where the limiter passes it; a 2 000-step UDD run stays stable and explores
+    more (higher mean sigma and configurational entropy) than plain MD. The Gaussian limiter
+    suppresses raw components much larger than D, so scale A for your system such that typical
+    raw bias forces are of order D.
+
     Attributes:
         A: bias depth, eV (>= 0). A = 0 switches the bias off exactly.
         B: uncertainty scale, eV/A (> 0).
@@ -25,7 +32,7 @@ class UDDConfig:
             ``"linear"`` (the eIP reference code, E = A [exp(-sigma / (N B)) - 1]).
     """
 
-    A: float = 0.5
+    A: float = 8.0
     B: float = 0.02
     C: float = 1.0
     D: float = 0.5

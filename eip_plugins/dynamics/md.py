@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -70,11 +71,14 @@ class MDTrajectory:
         np.savetxt(path, np.column_stack([self.log[c] for c in cols]), header=" ".join(cols))
 
 
-def run_md(atoms: Atoms, calculator, settings: MDSettings, progress: bool = True) -> MDTrajectory:
+def run_md(
+    atoms: Atoms, calculator, settings: MDSettings, progress: bool | None = None
+) -> MDTrajectory:
     """Run NVT MD of ``atoms`` (copied) with an uncertainty calculator.
 
     The calculator may be biased (UDD); the recorded ``energy`` is then the unbiased potential
-    energy and ``bias_energy`` the bias. The run stops early, with ``stable = False``, if energies
+    energy and ``bias_energy`` the bias. A progress bar is shown when ``progress`` is True (default:
+    when standard error is a terminal). The run stops early, with ``stable = False``, if energies
     or positions become non-finite or the temperature exceeds ``settings.max_temperature_K``.
     """
     atoms = atoms.copy()
@@ -110,6 +114,8 @@ def run_md(atoms: Atoms, calculator, settings: MDSettings, progress: bool = True
             "uncertainty_max",
         )
     }
+    if progress is None:
+        progress = sys.stderr.isatty()
     bar = tqdm(total=settings.steps, disable=not progress, desc="MD", leave=False)
 
     def record(step: int) -> bool:
