@@ -1,0 +1,212 @@
+"""The ``--head`` and ``--eip_*`` options of ``mace_run_train`` and their validation.
+
+Patch point (see :mod:`eip_plugins.mace.registration`): ``mace.tools.build_default_arg_parser``
+gains the options below; ``mace.tools.check_args`` additionally runs :func:`validate_args`, so
+every bad input stops the run before any data loading or training with one line on stderr
+(``mace_run_train: error: ...``) naming the flag or the file.
+
+``--head none`` (the default) leaves every other option and MACE's behaviour untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from ..core.config import DEFAULT_LAMBDA, HEAD_KINDS, HeadConfig
+
+HEAD_CHOICES = ("none", *HEAD_KINDS)
+SUPPORTED_MODELS = ("MACE", "ScaleShiftMACE")
+_DEFAULTS = HeadConfig()
+
+
+class HeadArgumentError(ValueError):
+    """A ``--head``/``--eip_*`` option or a training file cannot be used; the message is one line."""
+
+
+def add_head_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add ``--head`` and the ``--eip_*`` hyperparameters (defaults from :class:`HeadConfig`)."""
+    group = parser.add_argument_group("evidential force uncertainty (eip-plugins)")
+    group.add_argument(
+        "--head",
+        choices=HEAD_CHOICES,
+        default="none",
+        help="evidential force-uncertainty head: e2ip (equivariant Normal-Inverse-Wishart), "
+        "eip (per-component Normal-Inverse-Gamma, quantile regression), mve (Gaussian); "
+        "'none' trains plain MACE",
+    )
+    group.add_argument(
+        "--eip_lambda",
+        type=float,
+        default=None,
+        help="weight of the evidence regulariser; default per head: "
+        + ", ".join(f"{k}={v}" for k, v in DEFAULT_LAMBDA.items()),
+    )
+    group.add_argument(
+        "--eip_quantile",
+        type=float,
+        default=_DEFAULTS.quantile,
+        help="quantile q in (0, 1) of the eIP Bayesian quantile regression (--head=eip)",
+    )
+    group.add_argument(
+        "--eip_energy_weight",
+        type=float,
+        default=_DEFAULTS.energy_weight,
+        help="weight w of the energy MAE term: loss = force NLL + lambda Reg + w |E - E_ref|",
+    )
+    group.add_argument(
+        "--eip_swa_energy_weight",
+        type=float,
+        default=None,
+        help="energy weight w during stage two (--swa); default: --eip_energy_weight",
+    )
+    group.add_argument(
+        "--eip_per_atom_energy",
+        action="store_true",
+        default=False,
+        help="use |E - E_ref| / N_atoms in the energy term",
+    )
+    group.add_argument(
+        "--eip_hidden", type=int, default=_DEFAULTS.hidden, help="channel width of the head"
+    )
+    group.add_argument(
+        "--eip_psi0",
+        type=float,
+        default=None,
+        help="initial scale psi0 ((eV/A)^2) of the SPD matrix (e2ip, mve); default: the mean "
+        "squared training force component",
+    )
+    group.add_argument(
+        "--eip_nu_w_floor",
+        type=float,
+        default=_DEFAULTS.nu_w_floor,
+        help="lower bound (> 4) of the NIW degrees of freedom (e2ip)",
+    )
+    group.add_argument(
+        "--eip_max_log_scale",
+        type=float,
+        default=_DEFAULTS.max_log_scale,
+        help="bound of the log-scale of the SPD matrix (e2ip, mve)",
+    )
+    return parser
+
+
+def head_enabled(args) -> bool:
+    """True when the run trains an evidential head."""
+    return getattr(args, "head", "none") not in (None, "none")
+
+
+# Flag names for HeadConfig fields, so that a ValueError from HeadConfig names the CLI flag.
+_FLAG_OF_FIELD = {
+    "kind": "--head",
+    "quantile": "--eip_quantile",
+    "lam": "--eip_lambda",
+    "energy_weight": "--eip_energy_weight",
+    "hidden": "--eip_hidden",
+    "nu_w_floor": "--eip_nu_w_floor",
+    "psi0": "--eip_psi0",
+    "max_log_scale": "--eip_max_log_scale",
+}
+
+
+def head_config_from_args(args, energy_weight: float | None = None) -> HeadConfig:
+    """The :class:`HeadConfig` of a run; raises :class:`HeadArgumentError` naming the flag."""
+    kwargs = dict(
+        kind=args.head,
+        quantile=args.eip_quantile,
+        lam=args.eip_lambda,
+        energy_weight=args.eip_energy_weight if energy_weight is None else energy_weight,
+        per_atom_energy=args.eip_per_atom_energy,
+        hidden=args.eip_hidden,
+        nu_w_floor=args.eip_nu_w_floor,
+        max_log_scale=args.eip_max_log_scale,
+    )
+    if args.eip_psi0 is not None:
+        kwargs["psi0"] = args.eip_psi0
+    try:
+        return HeadConfig(**kwargs)
+    except ValueError as err:
+        msg = str(err)
+        for field, flag in _FLAG_OF_FIELD.items():
+            if msg.startswith(f"invalid {field}="):
+                msg = f"{flag}: {msg}"
+                break
+        raise HeadArgumentError(msg) from None
+
+
+def validate_args(args) -> None:
+    """Check a ``--head`` run before any data is loaded (after MACE's own ``check_args``).
+
+    Raises :class:`HeadArgumentError` (one line, naming the flag or file) for: an invalid
+    hyperparameter, a model other than MACE/ScaleShiftMACE, node features without vectors
+    (``--hidden_irreps`` with only scalars, or ``--num_interactions 1``), cuEquivariance/OEQ
+    acceleration, and a training/validation file without reference forces.
+    """
+    if not head_enabled(args):
+        return
+    head_config_from_args(args)
+    if args.eip_swa_energy_weight is not None and not args.eip_swa_energy_weight >= 0.0:
+        raise HeadArgumentError(
+            f"--eip_swa_energy_weight: invalid value {args.eip_swa_energy_weight!r}, must be >= 0"
+        )
+    if args.model not in SUPPORTED_MODELS:
+        raise HeadArgumentError(
+            f"--model={args.model}: --head={args.head} supports --model in {SUPPORTED_MODELS}"
+        )
+    _check_irreps(args)
+    for flag in ("enable_cueq", "only_cueq", "enable_oeq"):
+        if getattr(args, flag, False):
+            raise HeadArgumentError(f"--{flag}: not supported with --head={args.head}")
+    key = getattr(args, "forces_key", "REF_forces")
+    for flag in ("train_file", "valid_file"):
+        for path in _as_list(getattr(args, flag, None)):
+            _check_forces_in_file(path, key, flag, args.head)
+
+
+def _check_irreps(args) -> None:
+    from ..core._e3nn import o3
+
+    irreps = o3.Irreps(str(args.hidden_irreps))
+    if not any(ir.l == 1 and ir.p == -1 for _, ir in irreps):
+        raise HeadArgumentError(
+            f"--hidden_irreps='{irreps}': --head={args.head} reads vector (1o) node features; "
+            "use l_max >= 1, e.g. --hidden_irreps='32x0e+32x1o' or --max_L=1"
+        )
+    if int(args.num_interactions) < 2:
+        raise HeadArgumentError(
+            f"--num_interactions={args.num_interactions}: --head={args.head} needs >= 2 layers "
+            "(MACE's last layer carries scalars only)"
+        )
+
+
+def _as_list(value) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, (list, tuple)):
+        return [str(v) for v in value]
+    return [str(value)]
+
+
+def _check_forces_in_file(path: str, key: str, flag: str, head: str) -> None:
+    """Every frame of an ASE-readable file must carry finite reference forces under ``key``."""
+    import os
+
+    if not os.path.isfile(path) or not path.lower().endswith((".xyz", ".extxyz")):
+        return  # MACE reports missing files itself; h5/lmdb datasets are not inspected
+    import ase.io
+    import numpy as np
+
+    try:
+        frames = ase.io.read(path, index=":")
+    except Exception as err:  # noqa: BLE001 - report any parse error as one line
+        raise HeadArgumentError(f"--{flag} {path}: cannot be read ({err})") from None
+    for i, atoms in enumerate(frames):
+        forces = atoms.arrays.get(key)
+        if forces is None and atoms.calc is not None and key in ("forces",):
+            forces = atoms.calc.results.get("forces")
+        if forces is None:
+            raise HeadArgumentError(
+                f"--{flag} {path}: frame {i} has no reference forces '{key}' "
+                f"(--head={head} trains on forces; set --forces_key)"
+            )
+        if not np.all(np.isfinite(forces)):
+            raise HeadArgumentError(f"--{flag} {path}: frame {i} has non-finite forces '{key}'")

@@ -1,0 +1,38 @@
+"""NequIP adapter: evidential force uncertainty (eIP, e2IP, MVE heads) for NequIP models.
+
+Imported by ``import nequip`` through the ``nequip.extension`` entry point (``init_always``); the
+import only registers the output fields and the ``ase_uq`` compile target. Everything else is
+loaded on first attribute access:
+
+- :func:`EvidentialNequIPGNNModel` -- model builder (``training_module.model._target_``);
+- :func:`EvidentialLoss` -- ``training_module.loss``;
+- :func:`EvidentialMetrics` -- ``val_metrics`` / ``test_metrics``;
+- :class:`NequIPUQCalculator` -- ASE calculator with uncertainties.
+"""
+
+import importlib
+
+from . import _fields
+from .compile_targets import register as _register_compile_targets
+
+_fields.register()
+_register_compile_targets()
+
+_LAZY = {
+    "EvidentialNequIPGNNModel": ".model",
+    "EvidentialPresetNequIPGNNModel": ".model",
+    "attach_evidential_head": ".model",
+    "EvidentialHeadOutput": ".head_module",
+    "NodeFeatureTap": ".head_module",
+    "EvidentialLoss": ".loss",
+    "EvidentialMetrics": ".metrics",
+    "NequIPUQCalculator": ".calculator",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,131 @@
+"""Graph modules that attach an evidential head to a NequIP force model.
+
+- :class:`NodeFeatureTap` copies the node features of one interaction layer to a private field
+  (keeping the autograd graph, unlike ``nequip.nn.SaveForOutput``).
+- :class:`EvidentialHeadOutput` wraps the force model (``ForceStressOutput``), runs the core head
+  on the tapped features and the conservative forces, and writes the uncertainty fields and the
+  head parameters into the output dict (the loss reads the parameters from there).
+"""
+
+from typing import Dict, Optional
+
+import torch
+from nequip.data import AtomicDataDict
+from nequip.nn._graph_mixin import GraphModuleMixin
+from torch import Tensor
+
+from eip_plugins.core import HeadConfig, build_head, keys
+from eip_plugins.core.params import GaussianParams, NIWParams
+
+from . import _fields
+
+
+class NodeFeatureTap(GraphModuleMixin, torch.nn.Module):
+    """Copy ``node_features`` (N, irreps.dim) to ``out_field`` without detaching it."""
+
+    out_field: str
+
+    def __init__(self, out_field: str = _fields.HEAD_FEATURES, irreps_in=None):
+        super().__init__()
+        self.out_field = out_field
+        self._init_irreps(
+            irreps_in=irreps_in, required_irreps_in=[AtomicDataDict.NODE_FEATURES_KEY]
+        )
+        self.irreps_out[out_field] = self.irreps_in[AtomicDataDict.NODE_FEATURES_KEY]
+
+    def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
+        data[self.out_field] = data[AtomicDataDict.NODE_FEATURES_KEY]
+        return data
+
+
+class EvidentialHeadOutput(GraphModuleMixin, torch.nn.Module):
+    """Force model + evidential head.
+
+    Args:
+        func: the force model (usually ``ForceStressOutput``) whose output contains ``forces``
+            (N, 3) eV/A and the tapped features ``feature_field``.
+        head: head hyperparameters (``HeadConfig`` fields as a dict, ``kind`` included).
+        feature_field: the field written by :class:`NodeFeatureTap`.
+
+    Output (added to ``func``'s): the five uncertainty fields of :mod:`eip_plugins.core.keys`
+    and the head parameters (:data:`eip_plugins.nequip._fields.PARAM_FIELDS`). Forces, energy and
+    stress are ``func``'s, unchanged.
+    """
+
+    feature_field: str
+    head_kind: str
+
+    def __init__(
+        self,
+        func: GraphModuleMixin,
+        head: Dict,
+        feature_field: str = _fields.HEAD_FEATURES,
+    ):
+        super().__init__()
+        config = head if isinstance(head, HeadConfig) else HeadConfig(**dict(head))
+        if feature_field not in func.irreps_out:
+            raise ValueError(
+                f"the force model does not output the head features `{feature_field}`; "
+                "insert a NodeFeatureTap into the energy model first"
+            )
+        self.func = func
+        self.feature_field = feature_field
+        self.head_kind = config.kind
+        self.head_config = config.to_dict()
+        self.head = build_head(config, func.irreps_out[feature_field])
+        irreps_out = dict(func.irreps_out)
+        irreps_out.pop(feature_field)
+        irreps_out.update(_fields.output_irreps(config.kind))
+        self._init_irreps(irreps_in=func.irreps_in)
+        self.irreps_out = AtomicDataDict._fix_irreps_dict(irreps_out)
+
+    def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
+        data = self.func(data)
+        feats = data.pop(self.feature_field)
+        forces = data[AtomicDataDict.FORCE_KEY]
+        # forces are -dE/dpos in the dtype of the positions (float64 data for a float32 model)
+        params = self.head(feats, forces.to(feats.dtype))
+        if AtomicDataDict.BATCH_KEY in data:
+            batch = data[AtomicDataDict.BATCH_KEY]
+            num_graphs = AtomicDataDict.num_frames(data)
+            data.update(self.head.fields(params, batch, num_graphs))
+        else:
+            # single-frame inference (the ASE compile target drops `batch`): plain reductions.
+            # The scatter of the batched path (index_add with an all-zero index into a size-1
+            # buffer) trips an Inductor CPU codegen assertion in torch 2.13.
+            data.update(single_frame_fields(self.head, params))
+        data.update(closed_form_fields(params))
+        return data
+
+    def set_psi0(self, psi0: float) -> None:
+        """Set the scale psi0 ((eV/A)^2) of Psi (e2ip) or Sigma (mve)."""
+        covariance: Optional[torch.nn.Module] = getattr(self.head, "covariance", None)
+        if covariance is None:
+            raise ValueError(f"the {self.head_kind} head has no psi0 scale")
+        covariance.set_psi0(psi0)
+
+
+def single_frame_fields(head: torch.nn.Module, params) -> Dict[str, Tensor]:
+    """``head.fields`` for one structure: sigma (N,), covariances (N, 3, 3), mean/max (1,)."""
+    unc = head.uncertainty(params)
+    out = {
+        keys.FORCES_UNCERTAINTY: unc.sigma,
+        keys.FORCES_EPISTEMIC_COV: unc.epistemic_cov,
+        keys.FORCES_ALEATORIC_COV: unc.aleatoric_cov,
+        keys.UNCERTAINTY: unc.sigma.mean().reshape(1),
+        keys.UNCERTAINTY_MAX: unc.sigma.amax().reshape(1),
+    }
+    out.update(head.output_fields(params))
+    return out
+
+
+def closed_form_fields(params) -> Dict[str, Tensor]:
+    """Closed-form inverse and log-determinant of the SPD matrix, for the loss."""
+    if isinstance(params, NIWParams):
+        return {
+            _fields.E2IP_PSI_INV: params.psi_inv,
+            _fields.E2IP_LOG_DET_PSI: params.log_det_psi,
+        }
+    if isinstance(params, GaussianParams):
+        return {_fields.MVE_COV_INV: params.cov_inv, _fields.MVE_LOG_DET_COV: params.log_det_cov}
+    return {}

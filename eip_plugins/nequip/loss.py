@@ -1,0 +1,203 @@
+"""``training_module.loss``: evidential force term + weighted energy MAE (SPEC §1).
+
+Usage (``configs/config_with_eip.yaml``)::
+
+    loss:
+      _target_: eip_plugins.nequip.EvidentialLoss
+      head: ${head}                    # must match the model's head
+      head_options: ${head_options}    # quantile and lam are read from here
+      energy_weight: 0.1
+      per_atom_energy: false
+
+The model's output dict carries the head parameters (``e2ip_kappa`` ... see ``_fields``), so the
+loss rebuilds the core parameter tuple from it and evaluates the core per-atom force loss.
+The ``weighted_sum`` NequIP minimises is exactly ``mean_atoms(force loss) + w |E_pred - E_ref|``
+(one entry with ``coeff: 1``); its two parts are logged without coefficients.
+"""
+
+from typing import Any, Dict, List, Optional, Union
+
+import torch
+from nequip.data import AtomicDataDict, PerAtomModifier
+from nequip.data.stats import _MeanX
+from nequip.train import MeanAbsoluteError, MetricsManager
+from torch import Tensor
+
+from eip_plugins.core import HeadConfig, keys
+from eip_plugins.core.losses import (
+    energy_loss,
+    evidential_force_nll,
+    evidential_force_regularizer,
+    gaussian_force_nll,
+    niw_evidence_regularizer,
+    niw_student_t_nll,
+)
+from eip_plugins.core.params import GaussianParams, NIGParams, NIWParams
+
+from . import _fields
+
+
+def head_kind_of(output: AtomicDataDict.Type) -> str:
+    """The head kind whose parameter fields are in a model output dict."""
+    for kind, fields in _fields.PARAM_FIELDS.items():
+        if all(f in output for f in fields):
+            return kind
+    raise ValueError(
+        "the model output has no evidential head parameters (e.g. 'e2ip_psi'): build the model "
+        "with eip_plugins.nequip.EvidentialNequIPGNNModel instead of a plain NequIP model"
+    )
+
+
+def params_from_output(output: AtomicDataDict.Type, kind: Optional[str] = None):
+    """Rebuild the core parameter tuple (``NIWParams`` / ``GaussianParams`` / ``NIGParams``)."""
+    found = head_kind_of(output)
+    if kind is not None and found != kind:
+        raise ValueError(
+            f"the loss/metrics are configured for head '{kind}' but the model has a '{found}' "
+            "head; use the same `head` for the model and the loss (e.g. head: ${head})"
+        )
+    # the head works in the model dtype; forces come in the dtype of the positions
+    dtype = output[_fields.PARAM_FIELDS[found][0]].dtype
+    forces = output[AtomicDataDict.FORCE_KEY].to(dtype)
+    if found == "e2ip":
+        return NIWParams(
+            forces,
+            output[keys.E2IP_KAPPA],
+            output[keys.E2IP_NU_W],
+            output[keys.E2IP_PSI],
+            output[_fields.E2IP_PSI_INV],
+            output[_fields.E2IP_LOG_DET_PSI],
+        )
+    if found == "mve":
+        return GaussianParams(
+            forces,
+            output[keys.MVE_COV],
+            output[_fields.MVE_COV_INV],
+            output[_fields.MVE_LOG_DET_COV],
+        )
+    return NIGParams(forces, output[keys.EIP_NU], output[keys.EIP_ALPHA], output[keys.EIP_BETA])
+
+
+def reference_forces(target: AtomicDataDict.Type) -> Tensor:
+    """Reference forces (N, 3) eV/A, or a ValueError explaining how to provide them."""
+    forces = target.get(AtomicDataDict.FORCE_KEY, None)
+    if forces is None:
+        raise ValueError(
+            "the evidential loss/metrics need reference forces, but the data has no 'forces' "
+            "field; label the data with forces and map the file's key to 'forces' "
+            "(e.g. key_mapping: {REF_forces: forces})"
+        )
+    return forces
+
+
+def per_atom_force_loss(params, forces_ref: Tensor, config: HeadConfig) -> Tensor:
+    """The head's per-atom force loss (N,): NLL + lambda Reg (mirrors ``head.force_loss``)."""
+    if isinstance(params, NIWParams):
+        return niw_student_t_nll(params, forces_ref) + config.lam * niw_evidence_regularizer(
+            params, forces_ref
+        )
+    if isinstance(params, GaussianParams):
+        return gaussian_force_nll(params, forces_ref)
+    nll = evidential_force_nll(params, forces_ref, config.quantile)
+    reg = evidential_force_regularizer(params, forces_ref, config.quantile)
+    return (nll + config.lam * reg).sum(-1)
+
+
+def _energy_term(preds, target, per_atom: bool) -> Tensor:
+    if AtomicDataDict.TOTAL_ENERGY_KEY not in target:
+        raise ValueError(
+            "the evidential loss needs reference energies ('total_energy'); map the file's key "
+            "with key_mapping (e.g. {REF_energy: total_energy}) or set energy_weight: 0"
+        )
+    num_atoms = preds.get(AtomicDataDict.NUM_NODES_KEY, None)
+    if num_atoms is None:
+        num_atoms = torch.full((1,), preds[AtomicDataDict.FORCE_KEY].shape[0])
+    return energy_loss(
+        preds[AtomicDataDict.TOTAL_ENERGY_KEY].reshape(-1),
+        target[AtomicDataDict.TOTAL_ENERGY_KEY].reshape(-1),
+        num_atoms.reshape(-1),
+        per_atom,
+    )
+
+
+class EvidentialForceLoss(_MeanX):
+    """Running mean over atoms of the head's per-atom force loss (nats per atom)."""
+
+    full_state_update = False
+
+    def __init__(self, config: HeadConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+
+    def update(self, preds: AtomicDataDict.Type, target: AtomicDataDict.Type) -> None:
+        params = params_from_output(preds, self.config.kind)
+        forces_ref = reference_forces(target).to(params[0].dtype)
+        super().update(per_atom_force_loss(params, forces_ref, self.config))
+
+    def __str__(self) -> str:
+        return "evidential_force_loss"
+
+
+class EvidentialTotalLoss(_MeanX):
+    """mean_atoms(force loss) + w |E_pred - E_ref| per batch, averaged over batches."""
+
+    full_state_update = False
+
+    def __init__(self, config: HeadConfig, **kwargs):
+        super().__init__(**kwargs)
+        self.config = config
+
+    def update(self, preds: AtomicDataDict.Type, target: AtomicDataDict.Type) -> None:
+        params = params_from_output(preds, self.config.kind)
+        forces_ref = reference_forces(target).to(params[0].dtype)
+        force = per_atom_force_loss(params, forces_ref, self.config).mean()
+        total = force
+        if self.config.energy_weight > 0.0:
+            energy = _energy_term(preds, target, self.config.per_atom_energy)
+            total = total + self.config.energy_weight * energy
+        super().update(total.reshape(1))
+
+    def __str__(self) -> str:
+        return "evidential_loss"
+
+
+def EvidentialLoss(
+    head: Union[str, Dict[str, Any]] = "e2ip",
+    head_options: Optional[Dict[str, Any]] = None,
+    energy_weight: float = 0.1,
+    per_atom_energy: bool = False,
+    type_names: Optional[List[str]] = None,
+    extra_metrics: Optional[List[Dict[str, Any]]] = None,
+) -> MetricsManager:
+    """``MetricsManager`` for ``training_module.loss``.
+
+    Args:
+        head: head kind (must match the model's) or a dict of ``HeadConfig`` fields.
+        head_options: ``HeadConfig`` fields; the loss uses ``quantile`` (eip) and ``lam``.
+        energy_weight: w of the energy MAE term (eV, or eV/atom with ``per_atom_energy``).
+        per_atom_energy: use |E_pred - E_ref| / N_atoms.
+        type_names: passed by NequIP (unused).
+        extra_metrics: further ``MetricsManager`` entries (logged; give them ``coeff`` to add
+            them to the minimised sum, which NequIP then renormalises).
+
+    Logged names: ``evidential_loss`` (minimised), ``evidential_force_loss``,
+    ``total_energy_mae`` / ``per_atom_energy_mae``.
+    """
+    from .model import head_config
+
+    config = head_config(head, head_options)
+    config.energy_weight = float(energy_weight)
+    config.per_atom_energy = bool(per_atom_energy)
+    config = HeadConfig(**config.to_dict())  # re-validate the loss-only fields
+    energy_name = "per_atom_energy_mae" if per_atom_energy else "total_energy_mae"
+    energy_field = (
+        PerAtomModifier(AtomicDataDict.TOTAL_ENERGY_KEY)
+        if per_atom_energy
+        else AtomicDataDict.TOTAL_ENERGY_KEY
+    )
+    metrics = [
+        {"name": "evidential_loss", "coeff": 1.0, "metric": EvidentialTotalLoss(config)},
+        {"name": "evidential_force_loss", "metric": EvidentialForceLoss(config)},
+        {"name": energy_name, "field": energy_field, "metric": MeanAbsoluteError()},
+    ]
+    return MetricsManager(metrics + list(extra_metrics or []), type_names=type_names)

@@ -1,0 +1,147 @@
+"""Model builders that put an evidential head on a NequIP GNN.
+
+Why a builder and not a model modifier: NequIP model modifiers are classmethods discovered on
+modules that are already inside a model (``nequip.model.modify`` looks them up on the model tree),
+so they can swap or tune existing modules but an extension package cannot add a new top-level
+output head to a model built by someone else's builder through them. Builders compose (an inner
+``@model_builder`` call returns the raw module), so :func:`EvidentialNequIPGNNModel` builds
+``NequIPGNNModel`` with every one of its arguments, taps the node features of one interaction layer
+and wraps the force module with :class:`~eip_plugins.nequip.head_module.EvidentialHeadOutput`.
+The result is an ordinary ``GraphModel``: checkpoints, ``nequip-package``, ``nequip-compile``,
+EMA, DDP and NequIP's own modifiers (they act on the wrapped modules) keep working.
+"""
+
+from typing import Any, Dict, Optional, Union
+
+from nequip.model import NequIPGNNModel, PresetNequIPGNNModel, model_builder
+from nequip.nn import ConvNetLayer, ForceStressOutput, GraphModel, SequentialGraphNetwork
+
+from eip_plugins.core import HeadConfig
+from eip_plugins.core.irreps_features import count_irreps
+
+from . import _fields
+from .head_module import EvidentialHeadOutput, NodeFeatureTap
+
+
+def _register_for_packaging() -> None:
+    """Make the head packageable by ``nequip-package`` (``torch.package``).
+
+    NequIP interns the extension's entry point, ``eip_plugins.nequip``. The head's maths lives in
+    ``eip_plugins.core``, which cannot be interned: ``torch.package`` runs interned modules under
+    a mangled name that is not in ``sys.modules``, and ``dataclasses`` (``HeadConfig``, defined
+    with postponed annotations) looks its module up there. ``eip_plugins.core`` is therefore
+    registered as external: a packaged evidential model loads where ``eip-plugins`` is installed.
+    Done when a model is built rather than on ``import nequip`` (the packaging utilities import
+    ``nequip.__init__`` themselves).
+    """
+    from nequip.scripts._package_utils import register_libraries_as_external_for_packaging
+
+    register_libraries_as_external_for_packaging(extern_modules=["eip_plugins.core"])
+
+
+def head_config(
+    head: Union[str, Dict[str, Any]] = "e2ip",
+    head_options: Optional[Dict[str, Any]] = None,
+    forces_rms: Optional[float] = None,
+) -> HeadConfig:
+    """Validated :class:`HeadConfig` from the builder arguments.
+
+    Args:
+        head: head kind (``"e2ip"``, ``"eip"`` or ``"mve"``) or a dict of ``HeadConfig`` fields.
+        head_options: further ``HeadConfig`` fields (``hidden``, ``quantile``, ``lam``,
+            ``nu_w_floor``, ``psi0``, ``learn_psi0``, ``max_log_scale``); unknown keys are an error.
+        forces_rms: RMS of the training forces, eV/A; when given (and ``psi0`` is not), the scale
+            of the SPD matrix starts at psi0 = forces_rms^2 (eV/A)^2.
+    """
+    fields = dict(head) if isinstance(head, dict) else {"kind": head}
+    fields.update(dict(head_options or {}))
+    unknown = sorted(set(fields) - set(HeadConfig.__dataclass_fields__) - {"extra"})
+    if unknown:
+        raise ValueError(
+            f"unknown head option(s) {unknown}; valid: {sorted(HeadConfig.__dataclass_fields__)}"
+        )
+    if forces_rms is not None and "psi0" not in fields:
+        if not float(forces_rms) > 0.0:
+            raise ValueError(f"invalid forces_rms={forces_rms!r}: must be > 0 eV/A")
+        fields["psi0"] = float(forces_rms) ** 2
+    return HeadConfig(**fields)
+
+
+def attach_evidential_head(
+    force_model: ForceStressOutput, config: HeadConfig, feature_layer: int = -2
+) -> EvidentialHeadOutput:
+    """Tap the node features of a convnet layer and wrap ``force_model`` with the head.
+
+    Args:
+        force_model: a NequIP ``ForceStressOutput`` around a ``SequentialGraphNetwork``.
+        config: the head configuration.
+        feature_layer: which ``ConvNetLayer`` to read (Python index over the convnet layers;
+            default ``-2``: NequIP's last layer outputs scalars only, the one before it is the
+            last with the vector (1o) features the head needs).
+    """
+    if not isinstance(force_model, ForceStressOutput) or not force_model.do_derivatives:
+        raise ValueError("the evidential head needs a model that predicts forces by autograd")
+    energy_model = force_model.func
+    if not isinstance(energy_model, SequentialGraphNetwork):
+        raise ValueError(f"unsupported energy model {type(energy_model).__name__}")
+    layers = [name for name, m in energy_model.named_children() if isinstance(m, ConvNetLayer)]
+    try:
+        layer = layers[feature_layer]
+    except IndexError:
+        raise ValueError(
+            f"feature_layer={feature_layer} is out of range for {len(layers)} convnet layers: "
+            "the head reads the vector (1o) node features of a layer before NequIP's last "
+            "(scalars-only) one, so use num_layers >= 2"
+        ) from None
+    irreps = getattr(energy_model, layer).irreps_out["node_features"]
+    if count_irreps(irreps, 1, -1) == 0:
+        raise ValueError(
+            f"the evidential head needs vector (1o) node features, but convnet layer '{layer}' "
+            f"outputs '{irreps}'. NequIP's last layer is scalars only: use num_layers >= 2 and "
+            "l_max >= 1 (the head reads the layer before the last by default)."
+        )
+    tap = NodeFeatureTap(irreps_in=getattr(energy_model, layer).irreps_out)
+    energy_model.insert(_fields.HEAD_FEATURES, tap, after=layer)
+    new_force_model = ForceStressOutput(energy_model, do_derivatives=True)
+    return EvidentialHeadOutput(new_force_model, config)
+
+
+@model_builder
+def EvidentialNequIPGNNModel(
+    head: Union[str, Dict[str, Any]] = "e2ip",
+    head_options: Optional[Dict[str, Any]] = None,
+    forces_rms: Optional[float] = None,
+    feature_layer: int = -2,
+    **kwargs,
+) -> GraphModel:
+    """``nequip.model.NequIPGNNModel`` with an evidential force-uncertainty head.
+
+    Args:
+        head: ``"e2ip"`` (default), ``"eip"`` or ``"mve"`` (see :class:`HeadConfig`).
+        head_options: other ``HeadConfig`` fields, e.g. ``{hidden: 32, quantile: 0.4}``.
+        forces_rms: RMS of the training forces (eV/A), e.g. ``${training_data_stats:forces_rms}``;
+            sets the initial psi0 = forces_rms^2 of the e2ip / mve SPD matrix.
+        feature_layer: convnet layer whose node features feed the head (default ``-2``).
+        **kwargs: every argument of ``NequIPGNNModel`` (``seed``, ``model_dtype``,
+            ``type_names``, ``r_max``, ``num_layers`` >= 2, ``l_max`` >= 1, ...).
+
+    Returns:
+        A ``GraphModel`` whose output adds the fields of :mod:`eip_plugins.nequip._fields`.
+    """
+    config = head_config(head, head_options, forces_rms)
+    _register_for_packaging()
+    return attach_evidential_head(NequIPGNNModel(**kwargs), config, feature_layer)
+
+
+@model_builder
+def EvidentialPresetNequIPGNNModel(
+    head: Union[str, Dict[str, Any]] = "e2ip",
+    head_options: Optional[Dict[str, Any]] = None,
+    forces_rms: Optional[float] = None,
+    feature_layer: int = -2,
+    **kwargs,
+) -> GraphModel:
+    """``nequip.model.PresetNequIPGNNModel`` (``preset: S/M/L/XL``) with an evidential head."""
+    config = head_config(head, head_options, forces_rms)
+    _register_for_packaging()
+    return attach_evidential_head(PresetNequIPGNNModel(**kwargs), config, feature_layer)

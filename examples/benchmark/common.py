@@ -1,0 +1,376 @@
+"""Framework-agnostic helpers of the benchmark (importable in both .venv-mace and .venv-nequip).
+
+Metrics are SPEC §3 exactly as :mod:`eip_plugins.core.metrics` computes them; this module only
+stacks predictions, builds the deep ensemble's predictive distribution, rotates structures,
+times things (interleaved rounds, medians) and runs the frameworks' CLIs with their peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+LOG = logging.getLogger("benchmark")
+
+# Metric names of a method/split report (SPEC §3), in table order.
+METRICS = (
+    "force_mae",
+    "force_rmse",
+    "spearman",
+    "roc_auc",
+    "spearman_structure",
+    "roc_auc_structure",
+    "nll",
+    "ce",
+    "miscalibration_area",
+    "energy_score",
+    "rotational_error",
+    "mean_uncertainty",
+)
+ACCURACY_METRICS = ("force_mae", "force_rmse")
+ENSEMBLE_JITTER = 1e-6  # (eV/A)^2 added to the diagonal of the committee covariance
+ROTATION_SEED = 1234
+
+
+# -- predictions -----------------------------------------------------------------------------------
+def stack_predictions(rows: list[dict]) -> dict:
+    """Concatenate per-structure result dicts (numpy) into per-atom arrays plus ``batch``.
+
+    Each row holds ``forces`` (n, 3), ``forces_ref`` (n, 3) and optionally ``sigma`` (n,),
+    ``cov`` (n, 3, 3), ``forces_comm`` (M, n, 3) and raw evidential fields.
+    """
+    out: dict = {}
+    for g, row in enumerate(rows):
+        n = len(row["forces"])
+        row = {**row, "batch": np.full(n, g)}
+        for key, value in row.items():
+            out.setdefault(key, []).append(np.asarray(value))
+    stacked = {}
+    for key, values in out.items():
+        axis = 1 if key == "forces_comm" else 0
+        stacked[key] = np.concatenate(values, axis=axis)
+    if "sigma" in stacked:
+        stacked["uncertainty"] = np.array([np.mean(r["sigma"]) for r in rows])
+    return stacked
+
+
+def committee_gaussian(forces_comm: np.ndarray, jitter: float = ENSEMBLE_JITTER):
+    """Mean, covariance and sigma of a deep ensemble's forces.
+
+    Args:
+        forces_comm: (M, N, 3) forces of the M members, eV/A.
+
+    Returns:
+        mean (N, 3); cov (N, 3, 3), the unbiased (M - 1) per-atom sample covariance plus
+        ``jitter`` * I; sigma (N,) = sqrt(tr(cov) / 3) of the sample covariance (no jitter).
+    """
+    f = np.asarray(forces_comm, dtype=float)
+    mean = f.mean(0)
+    dev = f - mean
+    cov = np.einsum("mni,mnj->nij", dev, dev) / max(f.shape[0] - 1, 1)
+    sigma = np.sqrt(np.trace(cov, axis1=1, axis2=2) / 3.0)
+    return mean, cov + jitter * np.eye(3), sigma
+
+
+def ensemble_report(pred: dict) -> dict:
+    """SPEC §3 report of a deep ensemble: Gaussian N(mean, committee covariance + jitter)."""
+    from eip_plugins.core.metrics import force_error, uncertainty_report
+    from eip_plugins.core.predictive import MultivariateNormal
+
+    t = lambda x: torch.as_tensor(np.asarray(x), dtype=torch.float64)  # noqa: E731
+    forces, ref, sigma = t(pred["forces"]), t(pred["forces_ref"]), t(pred["sigma"])
+    dist = MultivariateNormal(forces, t(pred["cov"]))
+    batch = torch.as_tensor(pred["batch"])
+    report = uncertainty_report(
+        dist, forces, ref, sigma, batch=batch, num_graphs=int(batch.max()) + 1
+    )
+    report["error"] = force_error(forces, ref).numpy()
+    report["sigma"] = np.asarray(pred["sigma"])
+    report["mean_uncertainty"] = float(np.mean(pred["uncertainty"]))
+    return report
+
+
+def head_report(pred: dict) -> dict:
+    """SPEC §3 report of a single model with an evidential head (its own predictive law)."""
+    from eip_plugins.evaluation import evaluate_predictions
+
+    return evaluate_predictions(pred)
+
+
+def accuracy_report(pred: dict) -> dict:
+    """Force MAE / RMSE (per component) and the per-atom error of a model without uncertainty."""
+    from eip_plugins.core.metrics import component_errors, force_error
+
+    forces = torch.as_tensor(pred["forces"], dtype=torch.float64)
+    ref = torch.as_tensor(pred["forces_ref"], dtype=torch.float64)
+    errs = component_errors(forces, ref)
+    return {
+        "force_mae": errs["mae"],
+        "force_rmse": errs["rmse"],
+        "error": force_error(forces, ref).numpy(),
+    }
+
+
+def rotational_error(covs: list[np.ndarray], covs_rot: list[np.ndarray], rotation) -> float:
+    """Mean over atoms of |Sigma(R x) - R Sigma(x) R^T|_F / |Sigma(x)|_F (SPEC §3)."""
+    from eip_plugins.core.metrics import rotational_consistency_error
+
+    cov = torch.as_tensor(np.concatenate(covs), dtype=torch.float64)
+    cov_rot = torch.as_tensor(np.concatenate(covs_rot), dtype=torch.float64)
+    rot = torch.as_tensor(np.asarray(rotation), dtype=torch.float64)
+    return rotational_consistency_error(cov, cov_rot, rot)
+
+
+def random_rotation(seed: int = ROTATION_SEED) -> np.ndarray:
+    """A fixed proper rotation matrix (3, 3), uniformly random from ``seed``."""
+    from scipy.spatial.transform import Rotation
+
+    return Rotation.random(random_state=seed).as_matrix()
+
+
+def rotate_frame(atoms, rotation: np.ndarray):
+    """Copy of ``atoms`` rotated by ``rotation`` (positions about the origin, cell, REF_forces)."""
+    rotated = atoms.copy()
+    rotated.positions = atoms.positions @ rotation.T
+    if atoms.cell.rank == 3:
+        rotated.set_cell(atoms.cell.array @ rotation.T, scale_atoms=False)
+    if "REF_forces" in atoms.arrays:
+        rotated.arrays["REF_forces"] = atoms.arrays["REF_forces"] @ rotation.T
+    return rotated
+
+
+class CaptureOutputs:
+    """Calls a model and keeps its last output dict (see :func:`with_raw_fields`)."""
+
+    def __init__(self, model):
+        self.model, self.last = model, {}
+
+    def __call__(self, *args, **kwargs):
+        self.last = self.model(*args, **kwargs)
+        return self.last
+
+    def __getattr__(self, name):
+        return getattr(self.model, name)
+
+
+def unwrap(model):
+    return model.model if isinstance(model, CaptureOutputs) else model
+
+
+def with_raw_fields(calc):
+    """Make an :class:`UncertaintyCalculator` also return the raw evidential fields.
+
+    The SPEC §3 predictive distributions need ``e2ip_psi``/``eip_nu``/``mve_cov``, ... . Where an
+    adapter's ``evaluate_model`` does not pass them on, they are copied from the model's output
+    (captured on the same call, no second evaluation). A no-op where the adapter returns them.
+    """
+    from eip_plugins.core import keys
+
+    calc.model = CaptureOutputs(calc.model)
+    evaluate = calc.evaluate_model
+
+    def evaluate_model(atoms, keep_graph):
+        result = evaluate(atoms, keep_graph)
+        last = calc.model.last or {}
+        for key in keys.RAW_PARAMETER_KEYS:
+            if key not in result and last.get(key) is not None:
+                result[key] = last[key].detach()
+        return result
+
+    calc.evaluate_model = evaluate_model
+    return calc
+
+
+def scalar_metrics(report: dict) -> dict:
+    """The float metrics of a report (arrays and curves dropped)."""
+    return {k: float(v) for k, v in report.items() if k in METRICS and v is not None}
+
+
+# -- timing ----------------------------------------------------------------------------------------
+def interleaved_timings(
+    funcs: dict[str, Callable[[], object]], rounds: int = 5, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Wall time of each function over ``rounds`` rounds; each round runs every function in turn.
+
+    The order rotates from round to round so no method is always first after another. One
+    untimed warm-up call per function first.
+    """
+    names = list(funcs)
+    for _ in range(warmup):
+        for name in names:
+            funcs[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            funcs[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def timing_frames(data: Path, n: int) -> list:
+    """``n`` structures for timing: half from test_300K, half from water_300K (if present)."""
+    from examples.benchmark.data import read_split
+
+    mols, water = read_split(data, "test_300K"), read_split(data, "water_300K")
+    n_water = min(len(water), n // 2)
+    return mols[: n - n_water] + water[:n_water]
+
+
+def summarize_timings(raw: dict[str, list[float]], n_structures: int, methods: list[str]) -> dict:
+    """Medians per structure and ratios: to plain, and ensemble time / method time."""
+    out: dict = {"n_structures": n_structures, "raw_s": raw}
+    for level in ("model", "calculator"):
+        per = {
+            m: median(raw[f"{level}:{m}"]) / n_structures for m in methods if f"{level}:{m}" in raw
+        }
+        out[level] = {
+            "per_structure_s": per,
+            "ratio_to_plain": {m: t / per["plain"] for m, t in per.items()},
+            "speedup_vs_ensemble": {m: per["ensemble"] / t for m, t in per.items()},
+        }
+    return out
+
+
+def training_costs(costs: dict, heads, n_members: int = 4) -> dict:
+    """Per method: epoch time (s), its ratio to plain, peak RSS (MB), wall time (s).
+
+    ``costs`` maps training jobs (``plain_0`` ... ``plain_{M-1}``, head names) to their costs.
+    An ensemble trains all its members: its epoch time and wall time are the members' sums.
+    """
+    members = [costs[f"plain_{k}"] for k in range(n_members)]
+    per_method = {"plain": [costs["plain_0"]], "ensemble": members}
+    per_method.update({h: [costs[h]] for h in heads if h in costs})
+    base = costs["plain_0"]["epoch_s"]
+    out = {}
+    for method, runs in per_method.items():
+        epoch = float(sum(r["epoch_s"] for r in runs))
+        out[method] = {
+            "epoch_s": epoch,
+            "epoch_ratio_to_plain": epoch / base,
+            "peak_rss_mb": max(r.get("peak_rss_mb", float("nan")) for r in runs),
+            "wall_s": float(sum(r.get("wall_s", float("nan")) for r in runs)),
+            "epochs": runs[0]["epochs"],
+        }
+    return out
+
+
+def median(values) -> float:
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    return float(np.median(values)) if values else float("nan")
+
+
+# -- subprocesses ----------------------------------------------------------------------------------
+def run_measured(cmd: list[str], log_path: Path, env: dict | None = None, cwd=None) -> dict:
+    """Run ``cmd`` to completion with output to ``log_path``; wall time (s) and peak RSS (MB).
+
+    Peak RSS is the ``ru_maxrss`` of this child from ``os.wait4`` (Linux: kB). ``env`` entries
+    override the inherited environment; a ``None`` value removes the variable.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    full_env = dict(os.environ)
+    for key, value in (env or {}).items():  # None removes a variable
+        if value is None:
+            full_env.pop(key, None)
+        else:
+            full_env[key] = str(value)
+    t0 = time.perf_counter()
+    with open(log_path, "w") as log:
+        log.write("$ " + " ".join(map(str, cmd)) + "\n")
+        log.flush()
+        proc = subprocess.Popen(
+            [str(c) for c in cmd], stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=cwd
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "returncode": proc.returncode,
+        "wall_s": time.perf_counter() - t0,
+        "peak_rss_mb": usage.ru_maxrss / 1024.0,
+    }
+
+
+def run_jobs(jobs: dict[str, Callable[[], dict]], max_workers: int = 2) -> dict[str, dict]:
+    """Run callables (e.g. ``run_measured`` closures) on ``max_workers`` threads, in dict order.
+
+    Once a job returns a non-zero ``returncode``, jobs not yet started are skipped (their result
+    is ``{"returncode": None, "skipped": True}``).
+    """
+    results: dict[str, dict] = {}
+    lock = threading.Lock()
+    failed = threading.Event()
+
+    def work(name):
+        out = {"returncode": None, "skipped": True} if failed.is_set() else jobs[name]()
+        if out.get("returncode") not in (0, None):
+            failed.set()
+        with lock:
+            results[name] = out
+        return out
+
+    with ThreadPoolExecutor(max_workers=max_workers) as pool:
+        list(pool.map(work, jobs))
+    return {name: results[name] for name in jobs}
+
+
+def tail(path: Path, n: int = 25) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+# -- output ----------------------------------------------------------------------------------------
+def to_jsonable(obj):
+    """Numpy-free copy of ``obj``; non-finite floats become None."""
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if isinstance(obj, (np.floating, float)):
+        f = float(obj)
+        return f if math.isfinite(f) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(to_jsonable(obj), indent=1, allow_nan=False) + "\n")
+
+
+def save_arrays(path: Path, arrays: dict[str, dict[str, dict[str, np.ndarray]]]) -> None:
+    """Per-atom sigma / error for the plots: ``{method: {split: {"sigma":..., "error":...}}}``."""
+    flat = {}
+    for method, splits in arrays.items():
+        for split, values in splits.items():
+            for key, value in values.items():
+                flat[f"{method}|{split}|{key}"] = np.asarray(value)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **flat)
+
+
+def load_arrays(path: Path) -> dict:
+    out: dict = {}
+    with np.load(path) as data:
+        for name in data.files:
+            method, split, key = name.split("|")
+            out.setdefault(method, {}).setdefault(split, {})[key] = data[name]
+    return out

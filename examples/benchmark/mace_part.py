@@ -1,0 +1,388 @@
+"""MACE part of the benchmark (runs in ``.venv-mace``; ``python -m examples.benchmark`` calls it).
+
+Trains, through MACE's own ``mace_run_train`` (subprocess), on the same data, architecture and
+epochs: four plain MACE models with seeds s, s+1, s+2, s+3 (the deep ensemble; the seed-s
+member is also "plain") and one model per head ``--head=e2ip``, ``--head=eip``, ``--head=mve``
+(seed s). Then evaluates every method on every test split and times inference, interleaved.
+
+    .venv-mace/bin/python -m examples.benchmark.mace_part --data DIR --out DIR [--quick]
+
+Writes ``DIR/mace/results.json`` and ``DIR/mace/arrays.npz`` (per-atom sigma and error).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from examples.benchmark import common
+from examples.benchmark.data import TEST_SPLITS, read_split
+
+LOG = logging.getLogger("benchmark.mace")
+HEADS = ("e2ip", "eip", "mve")
+
+
+@dataclass(frozen=True)
+class MaceSettings:
+    """Architecture and training budget, the same for every method (heads add only the head)."""
+
+    hidden_irreps: str = "16x0e+16x1o"
+    r_max: float = 4.0
+    num_interactions: int = 2
+    correlation: int = 2
+    max_ell: int = 1
+    num_radial_basis: int = 8
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 0.01
+    dtype: str = "float32"  # training precision; evaluation casts every model to float64
+    seed: int = 1
+    members: int = 4  # deep-ensemble size
+    timing_structures: int = 20
+    timing_rounds: int = 5
+
+
+QUICK = MaceSettings(
+    hidden_irreps="8x0e+8x1o",
+    num_radial_basis=6,
+    epochs=2,
+    batch_size=4,
+    timing_structures=6,
+    timing_rounds=3,
+)
+
+
+def train_command(name: str, head: str, seed: int, data: Path, workdir: Path, s: MaceSettings):
+    """``mace_run_train`` argument list; every flag except ``--head`` is plain MACE."""
+    exe = Path(sys.executable).parent / "mace_run_train"
+    cmd = [
+        str(exe),
+        f"--name={name}",
+        f"--train_file={data / 'train.xyz'}",
+        f"--valid_file={data / 'valid.xyz'}",
+        "--energy_key=REF_energy",
+        "--forces_key=REF_forces",
+        "--E0s=average",
+        "--model=MACE",
+        f"--hidden_irreps={s.hidden_irreps}",
+        f"--r_max={s.r_max}",
+        f"--num_interactions={s.num_interactions}",
+        f"--correlation={s.correlation}",
+        f"--max_ell={s.max_ell}",
+        f"--num_radial_basis={s.num_radial_basis}",
+        f"--batch_size={s.batch_size}",
+        f"--valid_batch_size={4 * s.batch_size}",
+        f"--max_num_epochs={s.epochs}",
+        f"--lr={s.lr}",
+        "--ema",
+        f"--default_dtype={s.dtype}",
+        "--device=cpu",
+        f"--seed={seed}",
+        "--plot=False",
+        "--num_workers=0",
+        f"--model_dir={workdir}",
+        f"--checkpoints_dir={workdir / 'checkpoints'}",
+        f"--results_dir={workdir / 'results'}",
+        f"--log_dir={workdir / 'logs'}",
+        f"--work_dir={workdir}",
+    ]
+    if head != "none":
+        cmd.append(f"--head={head}")
+    return cmd
+
+
+def training_jobs(s: MaceSettings) -> dict[str, tuple[str, int]]:
+    """job name -> (head, seed). ``plain_0`` is both "plain" and ensemble member 0."""
+    jobs = {"plain_0": ("none", s.seed)}
+    jobs.update({h: (h, s.seed) for h in HEADS})
+    jobs.update({f"plain_{k}": ("none", s.seed + k) for k in range(1, s.members)})
+    return jobs
+
+
+def epoch_times(results_dir: Path) -> list[float]:
+    """Per-epoch optimisation time (s) from MACE's ``*_train.txt``: sum of the epoch's step
+    times (``mode == "opt"``), validation excluded."""
+    per_epoch: dict[int, float] = {}
+    for path in sorted(results_dir.glob("*_train.txt")):
+        for line in path.read_text().splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if row.get("mode") == "opt" and row.get("epoch") is not None:
+                per_epoch[int(row["epoch"])] = per_epoch.get(int(row["epoch"]), 0.0) + float(
+                    row["time"]
+                )
+    return [per_epoch[e] for e in sorted(per_epoch)]
+
+
+def train_all(data: Path, work: Path, s: MaceSettings, jobs: int, reuse: bool) -> dict:
+    """Train every model (``jobs`` at a time, OMP_NUM_THREADS=1 each); returns costs per job."""
+    env = {
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PYTHONWARNINGS": "ignore",
+        "EIP_PLUGINS_DISABLE": None,  # the --head hook must be active
+    }
+    runs = {}
+    for name, (head, seed) in training_jobs(s).items():
+        workdir = work / name
+        if reuse and (workdir / f"{name}.model").exists():
+            continue
+        workdir.mkdir(parents=True, exist_ok=True)
+        cmd = train_command(name, head, seed, data, workdir, s)
+        runs[name] = lambda cmd=cmd, wd=workdir: common.run_measured(
+            cmd, wd / "train.log", env=env, cwd=wd
+        )
+    LOG.info("training %d MACE models, %d at a time", len(runs), jobs)
+    t0 = time.perf_counter()
+    results = common.run_jobs(runs, max_workers=jobs)
+    LOG.info("trained in %.0f s", time.perf_counter() - t0)
+    costs = {}
+    for name in training_jobs(s):
+        workdir = work / name
+        model = workdir / f"{name}.model"
+        if name in results and (results[name]["returncode"] != 0 or not model.exists()):
+            if results[name].get("skipped"):
+                continue
+            raise RuntimeError(
+                f"mace_run_train for {name} failed (exit {results[name]['returncode']}); "
+                f"log {workdir / 'train.log'}:\n{common.tail(workdir / 'train.log')}"
+            )
+        times = epoch_times(workdir / "results")
+        cost_file = workdir / "cost.json"
+        if name in results:  # trained now: keep wall time and peak RSS for --reuse
+            common.write_json(cost_file, results[name])
+        cost = json.loads(cost_file.read_text()) if cost_file.exists() else {}
+        cost.update(
+            model=str(model),
+            epochs=len(times),
+            epoch_times_s=times,
+            # the first epoch carries one-off set-up costs (lazy init, allocator warm-up)
+            epoch_s=common.median(times[1:] if len(times) > 1 else times),
+        )
+        costs[name] = cost
+    return costs
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+def _calc_plain(paths: list[str]):
+    from mace.calculators import MACECalculator
+
+    return MACECalculator(model_paths=paths, device="cpu", default_dtype="float64")
+
+
+def _calc_head(path: str):
+    from eip_plugins.mace import MACEUQCalculator
+
+    calc = MACEUQCalculator(model_paths=path, device="cpu", default_dtype="float64")
+    return common.with_raw_fields(calc)
+
+
+def _predict(calc, frames, method: str) -> list[dict]:
+    """One row per frame: forces, reference, and per method sigma / covariance / raw fields."""
+    from eip_plugins.core import keys
+
+    rows = []
+    for frame in frames:
+        atoms = frame.copy()
+        atoms.calc = calc
+        forces = atoms.get_forces()
+        res = calc.results
+        row = {"forces": np.array(forces), "forces_ref": frame.arrays["REF_forces"]}
+        if method == "ensemble":
+            comm = np.asarray(res["forces_comm"])
+            mean, cov, sigma = common.committee_gaussian(comm)
+            row.update(forces=mean, cov=cov, sigma=sigma, forces_comm=comm)
+        elif method in HEADS:
+            row["sigma"] = np.asarray(res[keys.FORCES_UNCERTAINTY])
+            cov_key = keys.FORCES_ALEATORIC_COV if method == "mve" else keys.FORCES_EPISTEMIC_COV
+            row["cov"] = np.asarray(res[cov_key])
+            for key in keys.RAW_PARAMETER_KEYS:
+                if key in res:
+                    row[key] = np.asarray(res[key])
+        rows.append(row)
+    return rows
+
+
+def evaluate_all(data: Path, models: dict[str, list[str]]) -> tuple[dict, dict]:
+    """Metrics per method and split; per-atom arrays for the plots."""
+    rotation = common.random_rotation()
+    calcs = {"ensemble": _calc_plain(models["ensemble"])}
+    calcs.update({h: _calc_head(models[h][0]) for h in HEADS if h in models})
+    metrics: dict = {m: {} for m in ("plain", *calcs)}
+    arrays: dict = {m: {} for m in ("plain", *calcs)}
+    for split in TEST_SPLITS:
+        frames = read_split(data, split)
+        if not frames:
+            continue
+        rotated = [common.rotate_frame(f, rotation) for f in frames]
+        for method, calc in calcs.items():
+            t0 = time.perf_counter()
+            rows = _predict(calc, frames, method)
+            rows_rot = _predict(calc, rotated, method)
+            pred = common.stack_predictions(rows)
+            if method == "ensemble":
+                report = common.ensemble_report(pred)
+                # "plain" is ensemble member 0: the same model, no second evaluation needed
+                plain = common.accuracy_report(
+                    {"forces": pred["forces_comm"][0], "forces_ref": pred["forces_ref"]}
+                )
+                metrics["plain"][split] = common.scalar_metrics(plain)
+                arrays["plain"][split] = {"error": plain["error"]}
+            else:
+                report = common.head_report(pred)
+            report["rotational_error"] = common.rotational_error(
+                [r["cov"] for r in rows], [r["cov"] for r in rows_rot], rotation
+            )
+            metrics[method][split] = common.scalar_metrics(report)
+            metrics[method][split]["reliability_observed"] = report["reliability"]["observed"]
+            arrays[method][split] = {"sigma": report["sigma"], "error": report["error"]}
+            LOG.info(
+                "%s %s: MAE %.3f, Spearman %.2f, NLL %.2f (%.0f s)",
+                method,
+                split,
+                report["force_mae"],
+                report["spearman"],
+                report["nll"],
+                time.perf_counter() - t0,
+            )
+    return metrics, arrays
+
+
+# -- timing ----------------------------------------------------------------------------------------
+def _mace_batches(frames, model) -> list[dict]:
+    from mace import data as mace_data
+    from mace.tools import torch_geometric, utils
+
+    z_table = utils.AtomicNumberTable(sorted(int(z) for z in model.atomic_numbers))
+    heads = list(getattr(model, "heads", ["Default"]))
+    batches = []
+    for atoms in frames:
+        config = mace_data.config_from_atoms(atoms, head_name=heads[-1])
+        graph = mace_data.AtomicData.from_config(
+            config, z_table=z_table, cutoff=float(model.r_max), heads=heads
+        )
+        loader = torch_geometric.dataloader.DataLoader([graph], batch_size=1, shuffle=False)
+        batch = next(iter(loader)).to_dict()
+        batches.append(
+            {
+                k: v.double() if torch.is_tensor(v) and v.is_floating_point() else v
+                for k, v in batch.items()
+            }
+        )
+    return batches
+
+
+def time_inference(data: Path, models: dict[str, list[str]], s: MaceSettings) -> dict:
+    """Per-structure inference time of every method, interleaved rounds, medians and ratios.
+
+    ``model``: forward + force backward of the torch model(s) on a pre-built graph (the graph is
+    built once and shared, as MACECalculator does for a committee). ``calculator``: the ASE
+    calculator end to end (MACECalculator for plain and ensemble, MACEUQCalculator for heads;
+    note that MACECalculator always computes the stress as well).
+    """
+    from ase.calculators.calculator import all_changes
+
+    from eip_plugins.mace.calculator import load_model
+
+    frames = common.timing_frames(data, s.timing_structures)
+    loaded = {p: load_model(p).double().eval() for paths in models.values() for p in paths}
+    for m in loaded.values():
+        for p in m.parameters():
+            p.requires_grad_(False)
+    batches = _mace_batches(frames, loaded[models["plain"][0]])
+
+    def model_fn(paths):
+        nets = [loaded[p] for p in paths]
+
+        def run():
+            for b in batches:
+                for net in nets:
+                    net(dict(b), training=False, compute_force=True, compute_stress=False)
+
+        return run
+
+    calcs = {"plain": _calc_plain(models["plain"]), "ensemble": _calc_plain(models["ensemble"])}
+    calcs.update({h: _calc_head(models[h][0]) for h in HEADS if h in models})
+    atoms_list = [f.copy() for f in frames]
+
+    def calc_fn(calc):
+        def run():
+            for atoms in atoms_list:
+                calc.calculate(atoms, ["energy", "forces"], all_changes)
+
+        return run
+
+    funcs = {f"model:{m}": model_fn(p) for m, p in models.items()}
+    funcs.update({f"calculator:{m}": calc_fn(c) for m, c in calcs.items()})
+    LOG.info("timing %d structures x %d rounds", len(frames), s.timing_rounds)
+    raw = common.interleaved_timings(funcs, rounds=s.timing_rounds)
+    return common.summarize_timings(raw, len(frames), list(models))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="data folder (examples.benchmark.data)")
+    p.add_argument("--out", type=Path, default=Path("benchmark_out"))
+    p.add_argument("--quick", action="store_true", help="tiny models, 2 epochs")
+    p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
+    p.add_argument("--jobs", type=int, default=2, help="trainings run at the same time")
+    p.add_argument("--members", type=int, default=None, help="ensemble size (default 4)")
+    p.add_argument("--reuse", action="store_true", help="reuse models already trained in --out")
+    args = p.parse_args(argv)
+    args.data, args.out = args.data.resolve(), args.out.resolve()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    settings = QUICK if args.quick else MaceSettings()
+    if args.epochs is not None:
+        settings = replace(settings, epochs=args.epochs)
+    if args.members is not None:
+        if args.members < 2:
+            p.error("--members: an ensemble needs at least 2 members")
+        settings = replace(settings, members=args.members)
+    out = args.out / "mace"
+    t0 = time.perf_counter()
+    costs = train_all(args.data, out / "models", settings, args.jobs, args.reuse)
+    models = {
+        "plain": [costs["plain_0"]["model"]],
+        "ensemble": [costs[f"plain_{k}"]["model"] for k in range(settings.members)],
+        **{h: [costs[h]["model"]] for h in HEADS},
+    }
+    t_train = time.perf_counter() - t0
+    metrics, arrays = evaluate_all(args.data, models)
+    t_eval = time.perf_counter() - t0 - t_train
+    timings = time_inference(args.data, models, settings)
+    result = {
+        "framework": "mace",
+        "settings": asdict(settings),
+        "data": str(args.data),
+        "methods": {m: {"models": models[m]} for m in models},
+        "metrics": metrics,
+        "training": common.training_costs(costs, HEADS, settings.members),
+        "training_runs": costs,
+        "inference": timings,
+        "wall_s": {"train": t_train, "evaluate": t_eval, "total": time.perf_counter() - t0},
+        "notes": [
+            "plain = ensemble member 0 (same seed as the heads)",
+            "ensemble predictive: Gaussian, committee sample covariance (M-1) + "
+            f"{common.ENSEMBLE_JITTER:g} (eV/A)^2 I; sigma_i = sqrt(tr(cov)/3)",
+        ],
+    }
+    common.write_json(out / "results.json", result)
+    common.save_arrays(out / "arrays.npz", arrays)
+    LOG.info("MACE part done in %.0f s -> %s", time.perf_counter() - t0, out / "results.json")
+    return result
+
+
+if __name__ == "__main__":
+    main()

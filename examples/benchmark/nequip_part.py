@@ -1,0 +1,374 @@
+"""NequIP part of the benchmark (runs in ``.venv-nequip``; ``python -m examples.benchmark`` calls it).
+
+Trains, through NequIP's own ``nequip-train`` (subprocess), on the same data, architecture and
+epochs: four plain NequIP models (``examples/benchmark/nequip_configs/plain.yaml``, seeds s..s+3;
+the deep ensemble, member 0 is also "plain") and one model per head with the project's
+``configs/config_with_eip.yaml`` (``++head=e2ip|eip|mve``, seed s). Then evaluates every method
+on every test split and times inference, interleaved.
+
+    .venv-nequip/bin/python -m examples.benchmark.nequip_part --data DIR --out DIR [--quick]
+
+Writes ``DIR/nequip/results.json`` and ``DIR/nequip/arrays.npz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from examples.benchmark import common
+from examples.benchmark.data import TEST_SPLITS, read_split
+
+LOG = logging.getLogger("benchmark.nequip")
+REPO = Path(__file__).resolve().parents[2]
+PLAIN_CONFIG_DIR = Path(__file__).resolve().parent / "nequip_configs"
+EIP_CONFIG_DIR = REPO / "configs"
+HEADS = ("e2ip", "eip", "mve")
+
+
+@dataclass(frozen=True)
+class NequipSettings:
+    """Architecture and training budget, the same for every method."""
+
+    num_layers: int = 3
+    num_features: int = 16
+    l_max: int = 1
+    cutoff_radius: float = 4.0
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 0.005
+    seed: int = 1
+    members: int = 4  # deep-ensemble size
+    heads: tuple[str, ...] = HEADS
+    timing_structures: int = 20
+    timing_rounds: int = 5
+
+
+QUICK = NequipSettings(
+    num_layers=2, num_features=8, epochs=2, batch_size=4, timing_structures=6, timing_rounds=3
+)
+
+
+def train_command(head: str, seed: int, data: Path, workdir: Path, s: NequipSettings, e0s):
+    """``nequip-train`` argument list (the project's config for heads, plain.yaml otherwise)."""
+    exe = Path(sys.executable).parent / "nequip-train"
+    types = sorted(e0s)
+    shifts = "{" + ",".join(f"{t}:{e0s[t]:.8f}" for t in types) + "}"
+    config = (
+        ["-cp", str(PLAIN_CONFIG_DIR), "-cn", "plain"]
+        if head == "none"
+        else ["-cp", str(EIP_CONFIG_DIR), "-cn", "config_with_eip", f"++head={head}"]
+    )
+    return [
+        str(exe),
+        *config,
+        f"++train_file={data / 'train.xyz'}",
+        f"++val_file={data / 'valid.xyz'}",
+        f"++test_file={data / 'test_300K.xyz'}",
+        f"++model_type_names=[{','.join(types)}]",
+        "++run=[train]",
+        f"++max_epochs={s.epochs}",
+        f"++seed={seed}",
+        f"++batch_size={s.batch_size}",
+        f"++cutoff_radius={s.cutoff_radius}",
+        f"++training_module.optimizer.lr={s.lr}",
+        f"++training_module.model.num_layers={s.num_layers}",
+        f"++training_module.model.num_features={s.num_features}",
+        f"++training_module.model.l_max={s.l_max}",
+        # least-squares per-element energies of the training set (MACE's --E0s=average)
+        f"++training_module.model.per_type_energy_shifts={shifts}",
+        f"hydra.run.dir={workdir}",
+    ]
+
+
+def fit_e0s(frames) -> dict[str, float]:
+    """Per-element reference energies (eV) by least squares over the training compositions."""
+    symbols = sorted({s for f in frames for s in f.get_chemical_symbols()})
+    counts = np.array([[f.get_chemical_symbols().count(s) for s in symbols] for f in frames])
+    energies = np.array([f.info["REF_energy"] for f in frames])
+    e0, *_ = np.linalg.lstsq(counts.astype(float), energies, rcond=None)
+    return {s: float(e) for s, e in zip(symbols, e0, strict=True)}
+
+
+def training_jobs(s: NequipSettings) -> dict[str, tuple[str, int]]:
+    jobs = {"plain_0": ("none", s.seed)}
+    jobs.update({h: (h, s.seed) for h in s.heads})
+    jobs.update({f"plain_{k}": ("none", s.seed + k) for k in range(1, s.members)})
+    return jobs
+
+
+_STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\]")
+
+
+def fit_seconds(log: Path) -> float:
+    """Wall time of the training loop: "TRAIN RUN START" to "TRAIN RUN END" in train.log."""
+    start = end = None
+    for line in log.read_text(errors="replace").splitlines():
+        m = _STAMP.match(line)
+        if not m:
+            continue
+        stamp = datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S,%f")
+        if "TRAIN RUN START" in line:
+            start = stamp
+        elif "TRAIN RUN END" in line:
+            end = stamp
+    if start is None or end is None:
+        return float("nan")
+    return (end - start).total_seconds()
+
+
+def train_all(data: Path, work: Path, s: NequipSettings, jobs: int, reuse: bool) -> dict:
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    e0s = fit_e0s(read_split(data, "train"))
+    runs = {}
+    for name, (head, seed) in training_jobs(s).items():
+        workdir = work / name
+        if reuse and (workdir / "best.ckpt").exists():
+            continue
+        workdir.mkdir(parents=True, exist_ok=True)
+        cmd = train_command(head, seed, data, workdir, s, e0s)
+        runs[name] = lambda cmd=cmd, wd=workdir: common.run_measured(
+            cmd, wd / "stdout.log", env=env, cwd=wd
+        )
+    LOG.info("training %d NequIP models, %d at a time", len(runs), jobs)
+    t0 = time.perf_counter()
+    results = common.run_jobs(runs, max_workers=jobs)
+    LOG.info("trained in %.0f s", time.perf_counter() - t0)
+    costs = {}
+    for name in training_jobs(s):
+        workdir = work / name
+        ckpt = workdir / "best.ckpt"
+        if name in results and (results[name]["returncode"] != 0 or not ckpt.exists()):
+            if results[name].get("skipped"):
+                continue
+            raise RuntimeError(
+                f"nequip-train for {name} failed (exit {results[name]['returncode']}); "
+                f"log {workdir / 'stdout.log'}:\n{common.tail(workdir / 'stdout.log')}"
+            )
+        cost_file = workdir / "cost.json"
+        if name in results:
+            common.write_json(cost_file, results[name])
+        cost = json.loads(cost_file.read_text()) if cost_file.exists() else {}
+        fit = fit_seconds(workdir / "train.log")
+        cost.update(model=str(ckpt), epochs=s.epochs, fit_s=fit, epoch_s=fit / s.epochs)
+        costs[name] = cost
+    return costs
+
+
+# -- evaluation ------------------------------------------------------------------------------------
+def _calc_plain(path: str):
+    from nequip.integrations.ase import NequIPCalculator
+
+    # NequIPCalculator has no public checkpoint loader in nequip 0.19 (only from_compiled_model,
+    # which needs an AOTInductor compile of minutes on CPU); _from_saved_model is what it uses.
+    return NequIPCalculator._from_saved_model(
+        path, device="cpu", chemical_species_to_atom_type_map=True
+    )
+
+
+def _calc_head(path: str):
+    from eip_plugins.nequip import NequIPUQCalculator
+    from eip_plugins.nequip._fields import UNCERTAINTY_FIELDS
+
+    class _Calculator(NequIPUQCalculator):
+        """Workaround: NequIPUQCalculator looks for the uncertainty fields in the model's
+        ``irreps_out``, where an ``eip`` model declares none (its fields have no rotation
+        behaviour), so it rejects eip models as "plain"; the fields are in its output."""
+
+        def __init__(self, model, *args, **kwargs):
+            irreps = getattr(model, "irreps_out", None)
+            if isinstance(irreps, dict) and getattr(model, "is_graph_model", False):
+                for key in UNCERTAINTY_FIELDS:
+                    irreps.setdefault(key, None)
+            super().__init__(model, *args, **kwargs)
+
+    return common.with_raw_fields(_Calculator.from_saved_model(path, device="cpu"))
+
+
+def _predict(calcs, frames, method: str) -> list[dict]:
+    """One row per frame. ``calcs``: one calculator, or the ensemble members' list."""
+    from eip_plugins.core import keys
+
+    rows = []
+    for frame in frames:
+        row = {"forces_ref": frame.arrays["REF_forces"]}
+        if method == "ensemble":
+            comm = []
+            for calc in calcs:
+                atoms = frame.copy()
+                atoms.calc = calc
+                comm.append(np.array(atoms.get_forces()))
+            comm = np.stack(comm)
+            mean, cov, sigma = common.committee_gaussian(comm)
+            row.update(forces=mean, cov=cov, sigma=sigma, forces_comm=comm)
+        else:
+            atoms = frame.copy()
+            atoms.calc = calcs
+            row["forces"] = np.array(atoms.get_forces())
+            res = calcs.results
+            row["sigma"] = np.asarray(res[keys.FORCES_UNCERTAINTY])
+            cov_key = keys.FORCES_ALEATORIC_COV if method == "mve" else keys.FORCES_EPISTEMIC_COV
+            row["cov"] = np.asarray(res[cov_key])
+            for key in keys.RAW_PARAMETER_KEYS:
+                if key in res:
+                    row[key] = np.asarray(res[key])
+        rows.append(row)
+    return rows
+
+
+def evaluate_all(data: Path, models: dict[str, list[str]]) -> tuple[dict, dict]:
+    rotation = common.random_rotation()
+    calcs: dict = {"ensemble": [_calc_plain(p) for p in models["ensemble"]]}
+    calcs.update({h: _calc_head(models[h][0]) for h in HEADS if h in models})
+    metrics: dict = {m: {} for m in ("plain", *calcs)}
+    arrays: dict = {m: {} for m in ("plain", *calcs)}
+    for split in TEST_SPLITS:
+        frames = read_split(data, split)
+        if not frames:
+            continue
+        rotated = [common.rotate_frame(f, rotation) for f in frames]
+        for method, calc in calcs.items():
+            t0 = time.perf_counter()
+            rows = _predict(calc, frames, method)
+            rows_rot = _predict(calc, rotated, method)
+            pred = common.stack_predictions(rows)
+            if method == "ensemble":
+                report = common.ensemble_report(pred)
+                plain = common.accuracy_report(
+                    {"forces": pred["forces_comm"][0], "forces_ref": pred["forces_ref"]}
+                )
+                metrics["plain"][split] = common.scalar_metrics(plain)
+                arrays["plain"][split] = {"error": plain["error"]}
+            else:
+                report = common.head_report(pred)
+            report["rotational_error"] = common.rotational_error(
+                [r["cov"] for r in rows], [r["cov"] for r in rows_rot], rotation
+            )
+            metrics[method][split] = common.scalar_metrics(report)
+            metrics[method][split]["reliability_observed"] = report["reliability"]["observed"]
+            arrays[method][split] = {"sigma": report["sigma"], "error": report["error"]}
+            LOG.info(
+                "%s %s: MAE %.3f, Spearman %.2f, NLL %.2f (%.0f s)",
+                method,
+                split,
+                report["force_mae"],
+                report["spearman"],
+                report["nll"],
+                time.perf_counter() - t0,
+            )
+    return metrics, arrays
+
+
+# -- timing ----------------------------------------------------------------------------------------
+def time_inference(data: Path, models: dict[str, list[str]], s: NequipSettings) -> dict:
+    """Per-structure inference time, interleaved rounds, medians and ratios.
+
+    ``model``: the torch model(s) on pre-built, shared input graphs. ``calculator``: ASE end to
+    end (NequIPCalculator per member for the ensemble, NequIPUQCalculator for heads).
+    """
+    from ase.calculators.calculator import all_changes
+
+    frames = common.timing_frames(data, s.timing_structures)
+    calcs = {"plain": [_calc_plain(models["plain"][0])]}
+    calcs["ensemble"] = [_calc_plain(p) for p in models["ensemble"]]
+    calcs.update({h: [_calc_head(models[h][0])] for h in HEADS if h in models})
+    graphs = [calcs["plain"][0].atoms_to_data(f.copy()) for f in frames]
+
+    def model_fn(cs):
+        nets = [common.unwrap(c.model) for c in cs]
+
+        def run():
+            for g in graphs:
+                for net in nets:
+                    net(dict(g))
+
+        return run
+
+    atoms_list = [f.copy() for f in frames]
+
+    def calc_fn(cs):
+        def run():
+            for atoms in atoms_list:
+                for c in cs:
+                    c.calculate(atoms, ["energy", "forces"], all_changes)
+
+        return run
+
+    funcs = {f"model:{m}": model_fn(c) for m, c in calcs.items()}
+    funcs.update({f"calculator:{m}": calc_fn(c) for m, c in calcs.items()})
+    LOG.info("timing %d structures x %d rounds", len(frames), s.timing_rounds)
+    raw = common.interleaved_timings(funcs, rounds=s.timing_rounds)
+    return common.summarize_timings(raw, len(frames), list(calcs))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="data folder (examples.benchmark.data)")
+    p.add_argument("--out", type=Path, default=Path("benchmark_out"))
+    p.add_argument("--quick", action="store_true", help="tiny models, 2 epochs")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--heads", default=",".join(HEADS), help="comma-separated subset of heads")
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--members", type=int, default=None, help="ensemble size (default 4)")
+    p.add_argument("--reuse", action="store_true")
+    args = p.parse_args(argv)
+    args.data, args.out = args.data.resolve(), args.out.resolve()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    settings = QUICK if args.quick else NequipSettings()
+    settings = replace(settings, heads=tuple(h for h in args.heads.split(",") if h))
+    if args.epochs is not None:
+        settings = replace(settings, epochs=args.epochs)
+    if args.members is not None:
+        if args.members < 2:
+            p.error("--members: an ensemble needs at least 2 members")
+        settings = replace(settings, members=args.members)
+    out = args.out / "nequip"
+    t0 = time.perf_counter()
+    costs = train_all(args.data, out / "models", settings, args.jobs, args.reuse)
+    models = {
+        "plain": [costs["plain_0"]["model"]],
+        "ensemble": [costs[f"plain_{k}"]["model"] for k in range(settings.members)],
+        **{h: [costs[h]["model"]] for h in settings.heads},
+    }
+    t_train = time.perf_counter() - t0
+    metrics, arrays = evaluate_all(args.data, models)
+    t_eval = time.perf_counter() - t0 - t_train
+    timings = time_inference(args.data, models, settings)
+    result = {
+        "framework": "nequip",
+        "settings": asdict(settings),
+        "data": str(args.data),
+        "methods": {m: {"models": models[m]} for m in models},
+        "metrics": metrics,
+        "training": common.training_costs(costs, settings.heads, settings.members),
+        "training_runs": costs,
+        "inference": timings,
+        "wall_s": {"train": t_train, "evaluate": t_eval, "total": time.perf_counter() - t0},
+        "notes": [
+            "plain = ensemble member 0 (same seed as the heads)",
+            "training epoch time = nequip-train fit loop wall time / epochs (validation incl.)",
+            "models evaluated in their training precision (float32)",
+            "ensemble predictive: Gaussian, committee sample covariance (M-1) + "
+            f"{common.ENSEMBLE_JITTER:g} (eV/A)^2 I; sigma_i = sqrt(tr(cov)/3)",
+        ],
+    }
+    common.write_json(out / "results.json", result)
+    common.save_arrays(out / "arrays.npz", arrays)
+    LOG.info("NequIP part done in %.0f s -> %s", time.perf_counter() - t0, out / "results.json")
+    return result
+
+
+if __name__ == "__main__":
+    main()

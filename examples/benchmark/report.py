@@ -1,0 +1,199 @@
+"""Merge the framework parts' results into ``results.md``, ``results.json`` and plots."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from examples.benchmark import common
+
+METHOD_ORDER = ("plain", "ensemble", "e2ip", "eip", "mve")
+METHOD_LABEL = {
+    "plain": "plain",
+    "ensemble": "ensemble",
+    "e2ip": "e2ip",
+    "eip": "eip",
+    "mve": "mve",
+}
+SPLIT_LABEL = {
+    "test_300K": "300 K (in distr.)",
+    "test_hot": "1200 K (hot)",
+    "test_unseen": "unseen molecules",
+    "water_300K": "water 300 K",
+    "water_hot": "water 600 K",
+}
+COLUMNS = (
+    ("force_mae", "MAE", 3),
+    ("force_rmse", "RMSE", 3),
+    ("spearman", "ρ atom", 2),
+    ("roc_auc", "AUC atom", 2),
+    ("spearman_structure", "ρ struct", 2),
+    ("roc_auc_structure", "AUC struct", 2),
+    ("nll", "NLL", 2),
+    ("ce", "CE", 3),
+    ("miscalibration_area", "MA", 3),
+    ("energy_score", "ES", 3),
+    ("rotational_error", "rot. err.", 1),
+    ("mean_uncertainty", "mean σ", 3),
+)
+
+
+def _fmt(value, digits: int) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "–"
+    if digits == 1:  # scientific, for errors spanning 1e-16 .. 1
+        return f"{value:.1e}"
+    if abs(value) >= 1e4:
+        return f"{value:.2e}"
+    return f"{value:.{digits}f}"
+
+
+def _label(part: dict, method: str) -> str:
+    if method == "ensemble":
+        return f"ensemble ×{part.get('settings', {}).get('members', 4)}"
+    return METHOD_LABEL.get(method, method)
+
+
+def _methods(part: dict) -> list[str]:
+    present = list(part.get("metrics", {}))
+    return [m for m in METHOD_ORDER if m in present] + [m for m in present if m not in METHOD_ORDER]
+
+
+def metrics_table(part: dict) -> str:
+    head = "| split | method | " + " | ".join(c[1] for c in COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(COLUMNS) + 2)]
+    splits = [s for s in SPLIT_LABEL if any(s in v for v in part["metrics"].values())]
+    for split in splits:
+        for method in _methods(part):
+            row = part["metrics"][method].get(split)
+            if row is None:
+                continue
+            cells = [_fmt(row.get(key), digits) for key, _, digits in COLUMNS]
+            lines.append(
+                f"| {SPLIT_LABEL[split]} | {_label(part, method)} | " + " | ".join(cells) + " |"
+            )
+    return "\n".join(lines)
+
+
+def cost_table(part: dict) -> str:
+    train, inf = part.get("training", {}), part.get("inference", {})
+    model, calc = inf.get("model", {}), inf.get("calculator", {})
+    head = (
+        "| method | train s/epoch | train ratio | train peak RSS (MB) | infer ms/struct (model) "
+        "| infer ratio (model) | speed-up vs ens. (model) | infer ratio (ASE calc.) "
+        "| speed-up vs ens. (ASE calc.) |"
+    )
+    lines = [head, "|" + "---|" * 9]
+    for method in _methods(part):
+        t = train.get(method, {})
+        per = model.get("per_structure_s", {}).get(method)
+        cells = [
+            _fmt(t.get("epoch_s"), 2),
+            _fmt(t.get("epoch_ratio_to_plain"), 2),
+            _fmt(t.get("peak_rss_mb"), 0) if t.get("peak_rss_mb") else "–",
+            _fmt(per * 1e3 if per is not None else None, 2),
+            _fmt(model.get("ratio_to_plain", {}).get(method), 2),
+            _fmt(model.get("speedup_vs_ensemble", {}).get(method), 2),
+            _fmt(calc.get("ratio_to_plain", {}).get(method), 2),
+            _fmt(calc.get("speedup_vs_ensemble", {}).get(method), 2),
+        ]
+        lines.append(f"| {_label(part, method)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plots(out: Path, name: str, part: dict, arrays: dict) -> list[str]:
+    """Hexbin sigma vs error per method, reliability diagram per split. Returns file names."""
+    from eip_plugins.core.metrics import DEFAULT_LEVELS
+    from eip_plugins.plots import plot_reliability, plot_uncertainty_vs_error
+
+    files = []
+    for method, splits in arrays.items():
+        have = {s: v for s, v in splits.items() if "sigma" in v}
+        if not have:
+            continue
+        labels = {SPLIT_LABEL.get(s, s): v for s, v in have.items()}
+        path = out / f"{name}_sigma_vs_error_{method}.png"
+        plot_uncertainty_vs_error(
+            {k: np.maximum(v["sigma"], 1e-8) for k, v in labels.items()},
+            {k: np.maximum(v["error"], 1e-8) for k, v in labels.items()},
+            path,
+        )
+        files.append(path.name)
+    grid = DEFAULT_LEVELS
+    for split in SPLIT_LABEL:
+        curves = {
+            _label(part, m): {
+                "expected": grid,
+                "observed": rows[split]["reliability_observed"],
+            }
+            for m, rows in part["metrics"].items()
+            if split in rows and "reliability_observed" in rows[split]
+        }
+        if curves:
+            path = out / f"{name}_reliability_{split}.png"
+            plot_reliability(curves, path)
+            files.append(path.name)
+    return files
+
+
+def cost_plot(out: Path, parts: dict) -> str | None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    parts = {k: v for k, v in parts.items() if "training" in v}
+    if not parts:
+        return None
+    fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 3.6), squeeze=False)
+    for ax, (name, part) in zip(axes[0], parts.items(), strict=True):
+        methods = _methods(part)
+        x = np.arange(len(methods))
+        train = [part["training"].get(m, {}).get("epoch_ratio_to_plain", np.nan) for m in methods]
+        infer = [part["inference"]["model"]["ratio_to_plain"].get(m, np.nan) for m in methods]
+        ax.bar(x - 0.2, train, 0.4, label="training time / epoch")
+        ax.bar(x + 0.2, infer, 0.4, label="inference time / structure")
+        ax.axhline(1.0, color="k", lw=0.8, ls="--")
+        ax.set_xticks(x, [_label(part, m) for m in methods])
+        ax.set_ylabel("cost relative to plain model")
+        ax.set_title(name)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "cost_bars.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path.name
+
+
+def write_report(out: Path, parts: dict, header: dict) -> str:
+    """``parts``: framework -> results dict (or ``{"error": ...}``). Returns the markdown."""
+    sections = [f"# eip-plugins benchmark\n\n{header.get('summary', '')}".rstrip() + "\n"]
+    figures = []
+    for name, part in parts.items():
+        sections.append(f"## {name}\n")
+        if "error" in part:
+            sections.append(f"**failed:** {part['error']}\n")
+            continue
+        sections.append(
+            "Uncertainty and accuracy (forces in eV/Å; ρ = Spearman, AUC = ROC-AUC of σ for "
+            "the 20 % largest errors; NLL per atom; CE / MA = calibration error / "
+            "miscalibration area; ES = energy score; rot. err. = relative Frobenius error of "
+            "Σ(R·x) versus RΣ(x)Rᵀ):\n"
+        )
+        sections.append(metrics_table(part) + "\n")
+        sections.append("Cost (ratios measured side by side in this run; medians):\n")
+        sections.append(cost_table(part) + "\n")
+        arrays_path = out / name / "arrays.npz"
+        if arrays_path.exists():
+            figures += plots(out, name, part, common.load_arrays(arrays_path))
+    bars = cost_plot(out, {k: v for k, v in parts.items() if "error" not in v})
+    if bars:
+        figures.append(bars)
+    if figures:
+        sections.append("## Figures\n\n" + "\n".join(f"- `{f}`" for f in figures) + "\n")
+    text = "\n".join(sections)
+    (out / "results.md").write_text(text)
+    common.write_json(out / "results.json", {**header, "frameworks": parts, "figures": figures})
+    return text

@@ -1,0 +1,52 @@
+"""Bad input stops ``mace_run_train --head=...`` before training, with one line naming the cause."""
+
+from __future__ import annotations
+
+import ase.io
+import pytest
+from mace_helpers import train
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def no_forces_file(tmp_path_factory, data):
+    frames = ase.io.read(data["tiny_train"], index=":")
+    for atoms in frames:
+        del atoms.arrays["REF_forces"]
+    path = tmp_path_factory.mktemp("bad") / "no_forces.xyz"
+    ase.io.write(path, frames, format="extxyz")
+    return path
+
+
+def _fails(tmp_path, data, extra, expected: str):
+    proc = train(tmp_path, data, "bad", ["--max_num_epochs=1", *extra], check=False)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert expected in last, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    log = tmp_path / "logs" / "bad_run-3.log"
+    assert not log.exists() or "===========TRAINING===========" not in log.read_text()
+    return last
+
+
+def test_dataset_without_forces(tmp_path, data, no_forces_file):
+    bad = {"train": no_forces_file, "valid": data["tiny_valid"]}
+    last = _fails(tmp_path, bad, ["--head=e2ip"], "--train_file")
+    assert str(no_forces_file) in last and "REF_forces" in last
+
+
+@pytest.mark.parametrize("quantile", ["1.5", "0", "nan"])
+def test_quantile_outside_unit_interval(tmp_path, data, quantile):
+    _fails(tmp_path, data, ["--head=eip", f"--eip_quantile={quantile}"], "--eip_quantile")
+
+
+def test_scalar_only_hidden_irreps(tmp_path, data):
+    extra = ["--head=e2ip", "--hidden_irreps=16x0e"]
+    last = _fails(tmp_path, data, extra, "--hidden_irreps")
+    assert "1o" in last
+
+
+def test_unknown_head_name(tmp_path, data):
+    last = _fails(tmp_path, data, ["--head=gaussian"], "--head")
+    assert "invalid choice" in last

@@ -1,0 +1,173 @@
+"""The real NequIP workflow: nequip-train -> nequip-compile --target ase_uq -> ASE calculator."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+from nequip_helpers import DATA, EPOCHS, run_cli, train_args
+from scipy.spatial.transform import Rotation
+
+from eip_plugins.core import keys
+from eip_plugins.nequip import NequIPUQCalculator
+
+HEADS = ["e2ip", "eip", "mve"]
+
+
+def _epoch_rows(run_dir):
+    (metrics,) = run_dir.glob("csv/version_*/metrics.csv")
+    with open(metrics) as f:
+        return list(csv.DictReader(f))
+
+
+def _evaluate(calc, frames):
+    out = []
+    for atoms in frames:
+        atoms = atoms.copy()
+        atoms.calc = calc
+        atoms.get_forces()
+        out.append(dict(calc.results))
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", HEADS)
+def test_train_logs_uncertainty_metrics_every_epoch(runs, head):
+    run_dir = runs.trained(head)
+    assert (run_dir / "best.ckpt").is_file() and (run_dir / "last.ckpt").is_file()
+    rows = [r for r in _epoch_rows(run_dir) if r.get("val0_epoch/force_nll")]
+    names = ["force_nll", "uncertainty_spearman", "uncertainty_roc_auc", "calibration_error"]
+    assert len(rows) == EPOCHS[head]  # one validation row per epoch
+    for row in rows:
+        for name in names:
+            assert np.isfinite(float(row[f"val0_epoch/{name}"])), name
+    loss_rows = [r for r in _epoch_rows(run_dir) if r.get("train_loss_epoch/evidential_loss")]
+    assert len(loss_rows) == EPOCHS[head]
+    assert all(np.isfinite(float(r["train_loss_epoch/evidential_loss"])) for r in loss_rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("head", HEADS)
+def test_compiled_calculator_outputs(runs, head, ethanol_300K):
+    calc = NequIPUQCalculator.from_compiled_model(runs.compiled(head), device="cpu")
+    assert calc.supports_udd is False
+    assert calc.known_atomic_numbers == {1, 6, 8}
+    ref = NequIPUQCalculator.from_saved_model(runs.trained(head) / "best.ckpt")
+    results = zip(_evaluate(calc, ethanol_300K[:5]), _evaluate(ref, ethanol_300K[:5]), strict=True)
+    for res, res_ref in results:
+        n = len(ethanol_300K[0])
+        assert res["forces"].shape == (n, 3)
+        assert res[keys.FORCES_UNCERTAINTY].shape == (n,)
+        assert res[keys.FORCES_EPISTEMIC_COV].shape == (n, 3, 3)
+        assert res[keys.FORCES_ALEATORIC_COV].shape == (n, 3, 3)
+        for k in (keys.UNCERTAINTY, keys.UNCERTAINTY_MAX):
+            assert isinstance(res[k], float) and np.isfinite(res[k]) and res[k] > 0
+        assert res[keys.UNCERTAINTY] <= res[keys.UNCERTAINTY_MAX] + 1e-7
+        for k in ("forces", *keys.PER_ATOM_UNCERTAINTY_KEYS):
+            assert np.isfinite(res[k]).all(), k
+        # covariances: symmetric positive definite (mve has no epistemic part: zeros)
+        covs = [keys.FORCES_ALEATORIC_COV] + ([] if head == "mve" else [keys.FORCES_EPISTEMIC_COV])
+        for k in covs:
+            c = res[k]
+            np.testing.assert_allclose(c, np.swapaxes(c, -1, -2), atol=1e-6)
+            assert np.linalg.eigvalsh(c).min() > 0, k
+        # the compiled model reproduces the checkpoint
+        np.testing.assert_allclose(res["energy"], res_ref["energy"], rtol=1e-6, atol=1e-4)
+        np.testing.assert_allclose(res["forces"], res_ref["forces"], atol=1e-4)
+        np.testing.assert_allclose(
+            res[keys.FORCES_UNCERTAINTY], res_ref[keys.FORCES_UNCERTAINTY], rtol=1e-4, atol=1e-6
+        )
+
+
+@pytest.mark.slow
+def test_sigma_larger_out_of_distribution(runs, ethanol_300K, ethanol_1200K):
+    """After a short real training run, the 1200 K frames are more uncertain than 300 K ones."""
+    calc = NequIPUQCalculator.from_compiled_model(runs.compiled("e2ip"), device="cpu")
+    cold = [r[keys.UNCERTAINTY] for r in _evaluate(calc, ethanol_300K[:40])]
+    hot = [r[keys.UNCERTAINTY] for r in _evaluate(calc, ethanol_1200K[:40])]
+    assert np.mean(hot) > np.mean(cold)
+    assert np.median(hot) > np.median(cold)
+
+
+@pytest.mark.slow
+def test_compiled_e2ip_covariance_rotates_with_structure(runs, ethanol_300K):
+    calc = NequIPUQCalculator.from_compiled_model(runs.compiled("e2ip"), device="cpu")
+    for seed, atoms in enumerate(ethanol_300K[:3]):
+        rot = Rotation.random(random_state=seed).as_matrix()
+        rotated = atoms.copy()
+        rotated.positions = atoms.positions @ rot.T
+        (res,) = _evaluate(calc, [atoms])
+        (res_rot,) = _evaluate(calc, [rotated])
+        for k in (keys.FORCES_EPISTEMIC_COV, keys.FORCES_ALEATORIC_COV):
+            expected = rot @ res[k] @ rot.T
+            np.testing.assert_allclose(res_rot[k], expected, atol=1e-4 * np.abs(res[k]).max())
+        np.testing.assert_allclose(res_rot["forces"], res["forces"] @ rot.T, atol=1e-4)
+        np.testing.assert_allclose(
+            res_rot[keys.FORCES_UNCERTAINTY], res[keys.FORCES_UNCERTAINTY], rtol=1e-4
+        )
+
+
+@pytest.mark.slow
+def test_resume_from_last_ckpt_restores_head(runs, tmp_path):
+    """++ckpt_path=last.ckpt continues the run with the trained head, not a fresh one."""
+    src = runs.trained("mve")
+    ckpt = torch.load(src / "last.ckpt", map_location="cpu", weights_only=False)
+    head_keys = [k for k in ckpt["state_dict"] if ".head." in k]
+    assert head_keys, "the checkpoint has no head parameters"
+    run_dir = tmp_path / "resumed"
+    run_cli(train_args(run_dir, "mve", 4, f"++ckpt_path={src / 'last.ckpt'}"), cwd=tmp_path)
+    rows = [r for r in _epoch_rows(run_dir) if r.get("val0_epoch/force_nll")]
+    assert [int(r["epoch"]) for r in rows] == [3]  # only the 4th epoch was run
+
+    def losses(d, name):
+        return [float(r[name]) for r in _epoch_rows(d) if r.get(name)]
+
+    step = "train_loss_step/evidential_loss"
+    saved_final = losses(src, "train_loss_epoch/evidential_loss")[-1]
+    fresh_first = losses(src, step)[0]
+    resumed_first = losses(run_dir, step)[0]
+    # a resumed (not re-initialised) model starts where the saved run ended
+    assert abs(resumed_first - saved_final) < 0.5 * abs(fresh_first - saved_final)
+
+
+@pytest.mark.slow
+def test_checkpoint_calculator_supports_udd(runs, ethanol_300K):
+    """A checkpoint-loaded calculator keeps the graph: the bias force is the uncertainty's gradient."""
+    calc = NequIPUQCalculator.from_saved_model(
+        runs.trained("e2ip") / "best.ckpt", udd={"A": 1.0, "B": 0.05}
+    )
+    atoms = ethanol_300K[0].copy()
+    atoms.calc = calc
+    atoms.get_forces()
+    bias = calc.results["udd_bias_forces"]
+    assert np.isfinite(bias).all() and np.abs(bias).max() > 0
+    np.testing.assert_allclose(
+        calc.results["forces"], calc.results["forces_unbiased"] + bias, atol=1e-10
+    )
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes(tmp_path):
+    """Lightning DDP (gloo, 2 CPU processes) with the head, loss and metrics."""
+    run_dir = tmp_path / "ddp"
+    proc = run_cli(
+        train_args(
+            run_dir,
+            "e2ip",
+            1,
+            f"++train_file={DATA / 'ethanol_valid.xyz'}",  # 50 frames: 5 batches per rank
+            "++run=[train]",
+            "++trainer.devices=2",
+            "++trainer.strategy=ddp",
+        ),
+        cwd=tmp_path,
+    )
+    assert "distributed_backend=gloo" in proc.stdout
+    assert "Starting with 2 processes" in proc.stdout
+    ckpt = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)
+    assert ckpt["global_step"] == 5  # the 50 frames were split over 2 ranks (10 batches of 5)
+    assert any(".head." in k for k in ckpt["state_dict"])
+    rows = [r for r in _epoch_rows(run_dir) if r.get("val0_epoch/uncertainty_spearman")]
+    assert len(rows) == 1 and np.isfinite(float(rows[0]["val0_epoch/force_nll"]))

@@ -1,0 +1,128 @@
+"""Bad input fails early with a message that names the problem."""
+
+from __future__ import annotations
+
+import pytest
+from ase.build import molecule
+from nequip.data import AtomicDataDict
+from nequip.integrations.utils import basic_transforms
+from nequip_helpers import TYPES, build_model, run_cli, to_data, train_args
+
+from eip_plugins.nequip import EvidentialLoss, EvidentialNequIPGNNModel, NequIPUQCalculator
+
+
+def test_data_without_forces(ethanol_300K):
+    model = build_model("e2ip")
+    model.train()
+    batch = to_data(ethanol_300K[:2])
+    out = model(batch.copy())
+    batch.pop(AtomicDataDict.FORCE_KEY)  # e.g. a file whose forces were not mapped
+    with pytest.raises(ValueError, match="reference forces.*'forces'"):
+        EvidentialLoss(head="e2ip")(out, batch)
+
+
+def _calculator(model):
+    model.eval()
+    transforms = basic_transforms({}, 4.0, TYPES, {t: t for t in TYPES})
+    return NequIPUQCalculator(
+        model, transforms=transforms, chemical_species_to_atom_type_map={t: t for t in TYPES}
+    )
+
+
+def test_unknown_chemical_species():
+    calc = _calculator(build_model("e2ip", dtype="float32"))
+    atoms = molecule("CH3CN")  # N is not a model type
+    atoms.calc = calc
+    with pytest.raises(ValueError, match=r"\['N'\] are not known"):
+        atoms.get_forces()
+    ok = molecule("CH3CH2OH")
+    ok.calc = calc
+    assert ok.get_forces().shape == (9, 3)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"head": "gauss"}, "head kind must be one of"),
+        ({"head": "eip", "head_options": {"quantile": 1.5}}, "quantile=1.5"),
+        ({"head_options": {"nu_w_floor": 3.0}}, "nu_w_floor=3.0"),
+        ({"head_options": {"hidden": 0}}, "hidden=0"),
+        ({"head_options": {"lam": -1.0}}, "lam=-1.0"),
+        ({"head_options": {"quantil": 0.3}}, r"unknown head option\(s\) \['quantil'\]"),
+        ({"forces_rms": 0.0}, "forces_rms=0.0"),
+        ({"num_layers": 1}, "use num_layers >= 2"),
+        ({"l_max": 0, "feature_layer": 0}, "needs vector \\(1o\\) node features"),
+    ],
+)
+def test_out_of_range_hyperparameters(kwargs, match):
+    args = dict(
+        seed=1,
+        model_dtype="float32",
+        type_names=TYPES,
+        r_max=4.0,
+        num_layers=2,
+        num_features=4,
+        avg_num_neighbors=5.0,
+    )
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        EvidentialNequIPGNNModel(**args)
+
+
+def test_out_of_range_loss_hyperparameters():
+    with pytest.raises(ValueError, match="energy_weight=-1.0"):
+        EvidentialLoss(energy_weight=-1.0)
+    with pytest.raises(ValueError, match="quantile=0.0"):
+        EvidentialLoss(head="eip", head_options={"quantile": 0.0})
+
+
+def test_loss_head_must_match_model(ethanol_300K):
+    model = build_model("mve")
+    batch = to_data(ethanol_300K[:2])
+    out = model(batch.copy())
+    with pytest.raises(ValueError, match="configured for head 'e2ip' but the model has a 'mve'"):
+        EvidentialLoss(head="e2ip")(out, batch)
+
+
+@pytest.mark.slow
+def test_cli_rejects_out_of_range_hyperparameter(tmp_path):
+    proc = run_cli(
+        train_args(tmp_path / "run", "e2ip", 1, "++head_options.nu_w_floor=2.0"),
+        cwd=tmp_path,
+        check=False,
+    )
+    assert proc.returncode != 0
+    assert "invalid nu_w_floor=2.0" in proc.stdout
+
+
+def test_plain_nequip_model_is_rejected():
+    from nequip.model import NequIPGNNModel
+
+    plain = NequIPGNNModel(
+        seed=1,
+        model_dtype="float32",
+        type_names=TYPES,
+        r_max=4.0,
+        num_layers=2,
+        num_features=4,
+        avg_num_neighbors=5.0,
+    )
+    with pytest.raises(ValueError, match="plain NequIP model.*EvidentialNequIPGNNModel"):
+        _calculator(plain)
+    out = plain(_ethanol_data())
+    with pytest.raises(ValueError, match="no evidential head parameters"):
+        EvidentialLoss()(out, _ethanol_data())
+
+
+def test_compiled_constructor_rejects_other_files(tmp_path):
+    path = tmp_path / "model.ckpt"
+    path.write_bytes(b"")
+    with pytest.raises(ValueError, match="--target ase_uq"):
+        NequIPUQCalculator.from_compiled_model(path)
+
+
+def _ethanol_data():
+    atoms = molecule("CH3CH2OH")
+    atoms.info["REF_energy"] = -300.0
+    atoms.arrays["REF_forces"] = atoms.positions * 0.0
+    return to_data([atoms])

@@ -1,0 +1,112 @@
+"""The NequIP loss and metrics agree with the framework-agnostic core on real model outputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from nequip.data import AtomicDataDict
+from nequip_helpers import build_model, to_data
+
+from eip_plugins.core import evidential_total_loss, keys
+from eip_plugins.core.metrics import calibration, force_error, roc_auc, spearman
+from eip_plugins.core.predictive import predictive_distribution
+from eip_plugins.nequip import EvidentialLoss, EvidentialMetrics
+from eip_plugins.nequip.loss import params_from_output
+
+
+@pytest.mark.parametrize("head", ["e2ip", "eip", "mve"])
+def test_loss_is_core_total_loss_and_trains_everything(head, ethanol_300K):
+    model = build_model(head)
+    model.train()
+    batch = to_data(ethanol_300K[:4])
+    out = model(batch.copy())
+    loss_fn = EvidentialLoss(head=head, head_options={"quantile": 0.3}, energy_weight=0.2)
+    loss = loss_fn(out, batch)["weighted_sum"]
+
+    head_module = model.model.head  # the core head inside the NequIP model
+    params = params_from_output(out, head)
+    if head == "eip":
+        head_module.quantile = 0.3  # the loss was configured with q = 0.3
+    expected = evidential_total_loss(
+        head_module,
+        params,
+        batch[AtomicDataDict.FORCE_KEY],
+        out[AtomicDataDict.TOTAL_ENERGY_KEY].reshape(-1),
+        batch[AtomicDataDict.TOTAL_ENERGY_KEY].reshape(-1),
+        batch[AtomicDataDict.NUM_NODES_KEY],
+        loss_fn["evidential_loss"].config,
+    )["loss"]
+    torch.testing.assert_close(loss, expected.to(loss.dtype))
+
+    loss.backward()
+    head_grads = [p.grad for n, p in model.named_parameters() if ".head." in n]
+    backbone_grads = [p.grad for n, p in model.named_parameters() if ".head." not in n]
+    assert head_grads and all(g is not None and torch.isfinite(g).all() for g in head_grads)
+    assert any(g is not None and g.abs().sum() > 0 for g in backbone_grads)
+
+
+def test_metrics_match_core_over_an_epoch(ethanol_300K, ethanol_1200K):
+    model = build_model("e2ip")
+    model.eval()
+    metrics = EvidentialMetrics()
+    batches = [to_data(ethanol_300K[:6]), to_data(ethanol_1200K[:6])]
+    sigma, error, nll, levels = [], [], [], []
+    for batch in batches:
+        out = model(batch.copy())
+        metrics(out, batch)
+        params = type(p := params_from_output(out))(*[t.detach().double() for t in p])
+        dist = predictive_distribution(params)
+        ref = batch[AtomicDataDict.FORCE_KEY].double()
+        sigma.append(out[keys.FORCES_UNCERTAINTY].detach().double())
+        error.append(force_error(out[AtomicDataDict.FORCE_KEY].detach().double(), ref))
+        nll.append(dist.nll(ref))
+        levels.append(dist.credible_level(ref))
+    epoch = metrics.compute()
+    sigma, error = torch.cat(sigma), torch.cat(error)
+    assert math.isclose(epoch["uncertainty_spearman"].item(), spearman(sigma, error), abs_tol=1e-9)
+    assert math.isclose(epoch["uncertainty_roc_auc"].item(), roc_auc(sigma, error), abs_tol=1e-9)
+    assert math.isclose(
+        epoch["calibration_error"].item(), calibration(torch.cat(levels))["ce"], abs_tol=1e-9
+    )
+    assert math.isclose(epoch["force_nll"].item(), torch.cat(nll).mean().item(), rel_tol=1e-9)
+    assert math.isclose(epoch["uncertainty_mean"].item(), sigma.mean().item(), rel_tol=1e-9)
+    assert math.isclose(
+        epoch["weighted_sum"].item(),
+        0.5 * (epoch["forces_mae"].item() + epoch["total_energy_mae"].item()),
+        rel_tol=1e-9,
+    )
+
+
+@pytest.mark.parametrize("head", ["e2ip", "mve"])
+def test_batched_and_single_frame_fields_agree(head, ethanol_300K):
+    """The compile-friendly single-frame path (no `batch`) equals the batched path."""
+    model = build_model(head)
+    model.eval()
+    data = to_data(ethanol_300K[:1])
+    batched = model(data.copy())
+    single = data.copy()
+    single.pop(AtomicDataDict.BATCH_KEY)
+    single.pop(AtomicDataDict.NUM_NODES_KEY)
+    out = model(single)
+    for k in (*keys.PER_ATOM_UNCERTAINTY_KEYS, *keys.PER_STRUCTURE_UNCERTAINTY_KEYS):
+        torch.testing.assert_close(out[k], batched[k])
+    assert np.isclose(out[keys.UNCERTAINTY].item(), out[keys.FORCES_UNCERTAINTY].mean().item())
+
+
+def test_registered_fields():
+    from nequip.data._key_registry import _CARTESIAN_TENSOR_FIELDS, get_field_type
+    from nequip.scripts._compile_utils import COMPILE_TARGET_DICT
+
+    assert get_field_type(keys.UNCERTAINTY) == "graph"
+    assert get_field_type(keys.UNCERTAINTY_MAX) == "graph"
+    for k in (keys.FORCES_UNCERTAINTY, keys.E2IP_KAPPA, keys.EIP_NU, keys.MVE_COV):
+        assert get_field_type(k) == "node"
+    for k in (keys.FORCES_EPISTEMIC_COV, keys.FORCES_ALEATORIC_COV, keys.E2IP_PSI):
+        assert _CARTESIAN_TENSOR_FIELDS[k] == "ij=ji"
+    outputs = COMPILE_TARGET_DICT["ase_uq"]["output"]
+    assert set(COMPILE_TARGET_DICT["ase"]["output"]) < set(outputs)
+    for k in (*keys.PER_ATOM_UNCERTAINTY_KEYS, *keys.PER_STRUCTURE_UNCERTAINTY_KEYS):
+        assert k in outputs
