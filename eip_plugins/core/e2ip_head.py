@@ -39,11 +39,12 @@ class EquivariantEvidentialHead(nn.Module):
         )
         self.irreps_in = self.covariance.irreps_in
         self.nu_w_floor = float(config.nu_w_floor)
+        self.kappa_floor = _KAPPA_FLOOR  # TorchScript cannot close over module-level floats
         self.lam = float(config.lam)
 
     def forward(self, node_feats: Tensor, forces: Tensor) -> NIWParams:
         scalars, psi, psi_inv, log_det = self.covariance(node_feats)
-        kappa = positive(scalars[:, 0], _KAPPA_FLOOR)
+        kappa = positive(scalars[:, 0], self.kappa_floor)
         nu_w = positive(scalars[:, 1], self.nu_w_floor)
         return NIWParams(forces, kappa, nu_w, psi, psi_inv, log_det)
 

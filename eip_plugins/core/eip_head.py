@@ -52,6 +52,7 @@ class ComponentwiseEvidentialHead(nn.Module):
             nn.Linear(n_vec, config.hidden), ShiftedSoftplus(), nn.Linear(config.hidden, 3)
         )
         self.quantile = float(config.quantile)
+        self.alpha_floor, self.beta_floor, self.nu_floor = _ALPHA_FLOOR, _BETA_FLOOR, _NU_FLOOR
         self.lam = float(config.lam)
 
     def forward(self, node_feats: Tensor, forces: Tensor) -> NIGParams:
@@ -59,9 +60,9 @@ class ComponentwiseEvidentialHead(nn.Module):
         n = node_feats.shape[0]
         vectors = node_feats[:, self.vector_index].reshape(n, -1, 3).transpose(1, 2)  # (N, 3, H)
         raw = self.mlp(vectors)  # (N, 3 components, 3 outputs)
-        alpha = F.softplus(raw[..., 0]) + 1.0 + _ALPHA_FLOOR
-        beta = F.softplus(raw[..., 1]) + _BETA_FLOOR
-        nu = F.softplus(raw[..., 2]) + _NU_FLOOR
+        alpha = F.softplus(raw[..., 0]) + 1.0 + self.alpha_floor
+        beta = F.softplus(raw[..., 1]) + self.beta_floor
+        nu = F.softplus(raw[..., 2]) + self.nu_floor
         return NIGParams(forces, nu, alpha, beta)
 
     def force_loss(self, params: NIGParams, forces_ref: Tensor) -> Tensor:

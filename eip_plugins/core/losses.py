@@ -11,8 +11,7 @@ from torch import Tensor
 
 from .params import GaussianParams, NIGParams, NIWParams
 
-_LOG_PI = math.log(math.pi)
-_LOG_2PI = math.log(2.0 * math.pi)
+# Constants are written inline (math.log(math.pi)): TorchScript cannot read module-level floats.
 
 
 def tilted_loss(error: Tensor, quantile: float) -> Tensor:
@@ -39,7 +38,7 @@ def evidential_force_nll(params: NIGParams, forces_ref: Tensor, quantile: float)
     mu = gamma + tau * z
     big_omega = 4.0 * beta * (1.0 + omega * z * nu)
     return (
-        0.5 * (_LOG_PI - torch.log(nu))
+        0.5 * (math.log(math.pi) - torch.log(nu))
         - alpha * torch.log(big_omega)
         + (alpha + 0.5) * torch.log(nu * (forces_ref - mu) ** 2 + big_omega)
         + torch.lgamma(alpha)
@@ -74,7 +73,7 @@ def niw_student_t_nll(params: NIWParams, forces_ref: Tensor) -> Tensor:
     return (
         -torch.lgamma(0.5 * (dof + d))
         + torch.lgamma(0.5 * dof)
-        + 0.5 * d * (torch.log(dof) + _LOG_PI)
+        + 0.5 * d * (torch.log(dof) + math.log(math.pi))
         + 0.5 * log_det_st
         + 0.5 * (dof + d) * torch.log1p(mahalanobis / dof)
     )
@@ -95,7 +94,7 @@ def gaussian_force_nll(params: GaussianParams, forces_ref: Tensor) -> Tensor:
     """Negative log density of N(mean, cov) at the reference force, (N,)."""
     r = forces_ref - params.mean
     mahalanobis = torch.einsum("ni,nij,nj->n", r, params.cov_inv, r)
-    return 0.5 * (3.0 * _LOG_2PI + params.log_det_cov + mahalanobis)
+    return 0.5 * (3.0 * math.log(2.0 * math.pi) + params.log_det_cov + mahalanobis)
 
 
 def energy_loss(

@@ -11,7 +11,7 @@ import pytest
 import torch
 from ase.build import molecule
 from ase.calculators.emt import EMT
-from conftest import ToyBackbone, make_head
+from core_helpers import ToyBackbone, make_head
 
 from eip_plugins.active_learning import (
     ActiveLearningLoop,

@@ -1,7 +1,7 @@
 """Head-only training on cached features (the framework-agnostic part of eip-attach)."""
 
 import torch
-from conftest import ToyBackbone
+from core_helpers import ToyBackbone
 
 from eip_plugins.attach import FeatureCache, FeatureChunk, fit_head, initial_psi0
 from eip_plugins.attach.head_training import evaluate_head

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_head
+from core_helpers import make_head
 from scipy import special, stats
 
 from eip_plugins.core import (

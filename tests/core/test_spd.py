@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import make_head
+from core_helpers import make_head
 
 from eip_plugins.core._e3nn import o3
 from eip_plugins.core.spd import spd_from_tangent, symmetric_traceless_basis

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import make_head
+from core_helpers import make_head
 
 from eip_plugins.core import UDDConfig, limit_bias_forces, udd_bias_energy, udd_bias_forces
 

@@ -1,7 +1,7 @@
 """Epistemic / aleatoric formulas of SPEC §1 and per-structure reduction."""
 
 import torch
-from conftest import make_head
+from core_helpers import make_head
 
 from eip_plugins.core import NIGParams, nig_uncertainty, structure_uncertainty, uncertainty_fields
 from eip_plugins.core._e3nn import o3

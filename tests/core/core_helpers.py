@@ -1,0 +1,42 @@
+"""Helpers of the core suite (a uniquely named module: ``conftest`` names clash across suites)."""
+
+import math
+
+import torch
+
+from eip_plugins.core import HeadConfig, build_head
+from eip_plugins.core._e3nn import o3
+
+
+class ToyBackbone(torch.nn.Module):
+    """A tiny E(3)-equivariant featuriser: positions (N, 3) -> node features "Kx0e + Kx1o".
+
+    h_i = sum_j exp(-a_k r_ij^2) [1, r_ij_hat] over all other atoms j, with K Gaussian widths.
+    Translation invariant, permutation equivariant and rotation equivariant by construction.
+    """
+
+    def __init__(self, k: int = 6):
+        super().__init__()
+        self.register_buffer("widths", torch.linspace(0.2, 2.0, k, dtype=torch.float64))
+        self.irreps_out = o3.Irreps(f"{k}x0e + {k}x1o")
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        rij = positions[None, :, :] - positions[:, None, :]  # (N, N, 3)
+        d2 = (rij * rij).sum(-1)
+        mask = ~torch.eye(len(positions), dtype=torch.bool)
+        radial = torch.exp(-self.widths * d2[..., None]) * mask[..., None]  # (N, N, K)
+        unit = rij / torch.sqrt(d2 + (~mask).to(d2.dtype))[..., None]
+        scalars = radial.sum(1)  # (N, K)
+        vectors = torch.einsum("ijk,ijc->ikc", radial, unit)  # (N, K, 3)
+        return torch.cat([scalars, vectors.reshape(len(positions), -1)], dim=-1)
+
+
+def make_head(kind: str, irreps, seed: int = 0, **kwargs):
+    """A head with non-trivial (randomised, larger than default) output-layer weights."""
+    torch.manual_seed(seed)
+    head = build_head(HeadConfig(kind=kind, hidden=8, **kwargs), irreps).double()
+    with torch.no_grad():
+        for p in head.parameters():
+            if p.dim() > 0:
+                p.normal_(0.0, 1.0 / math.sqrt(max(1, p.shape[-1])))
+    return head
