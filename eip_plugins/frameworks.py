@@ -10,7 +10,7 @@ def make_uq_calculator(framework: str, model_path: str, udd=None, device: str = 
 
     Args:
         framework: ``"mace"`` (a ``*.model`` trained with ``--head``) or ``"nequip"`` (a
-            checkpoint or package of a model with an evidential head).
+            checkpoint ``.ckpt``, a package ``.nequip.zip``, or a compiled ``.nequip.pt2``).
         udd: ``None`` or a :class:`~eip_plugins.core.udd.UDDConfig`.
     """
     if framework == "mace":
@@ -22,5 +22,7 @@ def make_uq_calculator(framework: str, model_path: str, udd=None, device: str = 
     if framework == "nequip":
         from .nequip import NequIPUQCalculator
 
-        return NequIPUQCalculator.from_model_file(model_path, device=device, udd=udd)
+        if str(model_path).endswith(".pt2"):  # compiled: no uncertainty gradient, no UDD
+            return NequIPUQCalculator.from_compiled_model(model_path, device=device, udd=udd)
+        return NequIPUQCalculator.from_saved_model(model_path, device=device, udd=udd)
     raise ValueError(f"unknown framework={framework!r}: one of {FRAMEWORKS}")
