@@ -83,8 +83,19 @@ def committee_gaussian(forces_comm: np.ndarray, jitter: float = ENSEMBLE_JITTER)
     return mean, cov + jitter * np.eye(3), sigma
 
 
+def ensemble_row(forces_comm: np.ndarray) -> dict:
+    """Per-frame prediction row of a deep ensemble from its members' forces (M, n, 3).
+
+    ``cov``: committee covariance + jitter (the ensemble's predictive law); ``cov_iso``:
+    sigma_i^2 I + jitter (the isotropic variant reported as ``ensemble_iso``).
+    """
+    mean, cov, sigma = committee_gaussian(forces_comm)
+    iso = (sigma**2)[:, None, None] * np.eye(3) + ENSEMBLE_JITTER * np.eye(3)
+    return {"forces": mean, "cov": cov, "cov_iso": iso, "sigma": sigma, "forces_comm": forces_comm}
+
+
 def ensemble_report(pred: dict) -> dict:
-    """SPEC §3 report of a deep ensemble: Gaussian N(mean, committee covariance + jitter)."""
+    """SPEC §3 report of a deep ensemble: Gaussian N(mean, ``pred["cov"]``)."""
     from eip_plugins.core.metrics import force_error, uncertainty_report
     from eip_plugins.core.predictive import MultivariateNormal
 
@@ -192,6 +203,69 @@ def with_raw_fields(calc):
     return calc
 
 
+def evaluate_splits(data: Path, calcs: dict, predict: Callable, log=LOG) -> tuple[dict, dict]:
+    """Every SPEC §3 metric per method and test split, plus per-atom arrays for the plots.
+
+    Args:
+        calcs: method -> calculator object(s) (``"ensemble"`` plus head names).
+        predict: ``predict(calc, frames, method) -> rows`` (see :func:`stack_predictions`);
+            ensemble rows come from :func:`ensemble_row`, head rows carry ``sigma``, ``cov`` (the
+            covariance sigma_i is built from) and the raw evidential fields.
+
+    "plain" is ensemble member 0 (the same model: its forces are ``forces_comm[0]``);
+    "ensemble_iso" is the ensemble with an isotropic Gaussian (same predictions).
+    """
+    from examples.benchmark.data import TEST_SPLITS, read_split
+
+    rotation = random_rotation()
+    names = ["plain", *calcs]
+    if "ensemble" in calcs:
+        names.insert(names.index("ensemble") + 1, "ensemble_iso")
+    metrics: dict = {m: {} for m in names}
+    arrays: dict = {m: {} for m in names}
+    for split in TEST_SPLITS:
+        frames = read_split(data, split)
+        if not frames:
+            continue
+        rotated = [rotate_frame(f, rotation) for f in frames]
+        for method, calc in calcs.items():
+            t0 = time.perf_counter()
+            rows = predict(calc, frames, method)
+            rows_rot = predict(calc, rotated, method)
+            pred = stack_predictions(rows)
+            reports = {}
+            if method == "ensemble":
+                reports["ensemble"] = ensemble_report(pred)
+                reports["ensemble_iso"] = ensemble_report({**pred, "cov": pred["cov_iso"]})
+                plain = accuracy_report(
+                    {"forces": pred["forces_comm"][0], "forces_ref": pred["forces_ref"]}
+                )
+                metrics["plain"][split] = scalar_metrics(plain)
+                arrays["plain"][split] = {"error": plain["error"]}
+            else:
+                reports[method] = head_report(pred)
+            for name, report in reports.items():
+                key = "cov_iso" if name == "ensemble_iso" else "cov"
+                report["rotational_error"] = rotational_error(
+                    [r[key] for r in rows], [r[key] for r in rows_rot], rotation
+                )
+                metrics[name][split] = scalar_metrics(report)
+                metrics[name][split]["reliability_observed"] = report["reliability"]["observed"]
+                arrays[name][split] = {"sigma": report["sigma"], "error": report["error"]}
+            r = reports[method]
+            log.info(
+                "%s %s: MAE %.3f, Spearman %.2f, NLL %.2f, CE %.3f (%.0f s)",
+                method,
+                split,
+                r["force_mae"],
+                r["spearman"],
+                r["nll"],
+                r["ce"],
+                time.perf_counter() - t0,
+            )
+    return metrics, arrays
+
+
 def scalar_metrics(report: dict) -> dict:
     """The float metrics of a report (arrays and curves dropped)."""
     return {k: float(v) for k, v in report.items() if k in METRICS and v is not None}
@@ -200,24 +274,28 @@ def scalar_metrics(report: dict) -> dict:
 # -- timing ----------------------------------------------------------------------------------------
 def interleaved_timings(
     funcs: dict[str, Callable[[], object]], rounds: int = 5, warmup: int = 1
-) -> dict[str, list[float]]:
-    """Wall time of each function over ``rounds`` rounds; each round runs every function in turn.
+) -> dict[str, dict[str, list[float]]]:
+    """Time each function over ``rounds`` rounds; each round runs every function once in turn.
 
-    The order rotates from round to round so no method is always first after another. One
-    untimed warm-up call per function first.
+    The order rotates from round to round, so no method always runs right after the same other
+    one. One untimed warm-up call per function first. Returns ``{"cpu": {name: [s, ...]},
+    "wall": {...}}``: CPU time of this process (``time.process_time``; the parts run
+    single-threaded, so it is the compute time, insensitive to other processes on a shared
+    machine) and wall time.
     """
     names = list(funcs)
     for _ in range(warmup):
         for name in names:
             funcs[name]()
-    times: dict[str, list[float]] = {name: [] for name in names}
+    times: dict[str, dict[str, list[float]]] = {"cpu": {}, "wall": {}}
     for r in range(rounds):
         order = names[r % len(names) :] + names[: r % len(names)]
         for name in order:
-            t0 = time.perf_counter()
+            c0, w0 = time.process_time(), time.perf_counter()
             funcs[name]()
-            times[name].append(time.perf_counter() - t0)
-    return times
+            times["cpu"].setdefault(name, []).append(time.process_time() - c0)
+            times["wall"].setdefault(name, []).append(time.perf_counter() - w0)
+    return {clock: {n: times[clock][n] for n in names} for clock in times}
 
 
 def timing_frames(data: Path, n: int) -> list:
@@ -229,18 +307,25 @@ def timing_frames(data: Path, n: int) -> list:
     return mols[: n - n_water] + water[:n_water]
 
 
-def summarize_timings(raw: dict[str, list[float]], n_structures: int, methods: list[str]) -> dict:
-    """Medians per structure and ratios: to plain, and ensemble time / method time."""
-    out: dict = {"n_structures": n_structures, "raw_s": raw}
-    for level in ("model", "calculator"):
-        per = {
-            m: median(raw[f"{level}:{m}"]) / n_structures for m in methods if f"{level}:{m}" in raw
-        }
-        out[level] = {
-            "per_structure_s": per,
-            "ratio_to_plain": {m: t / per["plain"] for m, t in per.items()},
-            "speedup_vs_ensemble": {m: per["ensemble"] / t for m, t in per.items()},
-        }
+def summarize_timings(raw: dict, n_structures: int, methods: list[str]) -> dict:
+    """Medians per structure and ratios: to plain, and ensemble time / method time.
+
+    ``model`` and ``calculator`` use CPU time (the reported figures); ``model_wall`` and
+    ``calculator_wall`` the same from wall-clock time.
+    """
+    out: dict = {"n_structures": n_structures, "raw_cpu_s": raw["cpu"], "raw_wall_s": raw["wall"]}
+    for clock, suffix in (("cpu", ""), ("wall", "_wall")):
+        for level in ("model", "calculator"):
+            per = {
+                m: median(raw[clock][f"{level}:{m}"]) / n_structures
+                for m in methods
+                if f"{level}:{m}" in raw[clock]
+            }
+            out[level + suffix] = {
+                "per_structure_s": per,
+                "ratio_to_plain": {m: t / per["plain"] for m, t in per.items()},
+                "speedup_vs_ensemble": {m: per["ensemble"] / t for m, t in per.items()},
+            }
     return out
 
 

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from examples.benchmark import common
-from examples.benchmark.data import TEST_SPLITS, read_split
 
 LOG = logging.getLogger("benchmark.mace")
 HEADS = ("e2ip", "eip", "mve")
@@ -48,7 +47,7 @@ class MaceSettings:
     seed: int = 1
     members: int = 4  # deep-ensemble size
     timing_structures: int = 20
-    timing_rounds: int = 5
+    timing_rounds: int = 10
 
 
 QUICK = MaceSettings(
@@ -201,8 +200,7 @@ def _predict(calc, frames, method: str) -> list[dict]:
         row = {"forces": np.array(forces), "forces_ref": frame.arrays["REF_forces"]}
         if method == "ensemble":
             comm = np.asarray(res["forces_comm"])
-            mean, cov, sigma = common.committee_gaussian(comm)
-            row.update(forces=mean, cov=cov, sigma=sigma, forces_comm=comm)
+            row.update(common.ensemble_row(comm))
         elif method in HEADS:
             row["sigma"] = np.asarray(res[keys.FORCES_UNCERTAINTY])
             cov_key = keys.FORCES_ALEATORIC_COV if method == "mve" else keys.FORCES_EPISTEMIC_COV
@@ -215,48 +213,10 @@ def _predict(calc, frames, method: str) -> list[dict]:
 
 
 def evaluate_all(data: Path, models: dict[str, list[str]]) -> tuple[dict, dict]:
-    """Metrics per method and split; per-atom arrays for the plots."""
-    rotation = common.random_rotation()
+    """Metrics per method and split (:func:`common.evaluate_splits`)."""
     calcs = {"ensemble": _calc_plain(models["ensemble"])}
     calcs.update({h: _calc_head(models[h][0]) for h in HEADS if h in models})
-    metrics: dict = {m: {} for m in ("plain", *calcs)}
-    arrays: dict = {m: {} for m in ("plain", *calcs)}
-    for split in TEST_SPLITS:
-        frames = read_split(data, split)
-        if not frames:
-            continue
-        rotated = [common.rotate_frame(f, rotation) for f in frames]
-        for method, calc in calcs.items():
-            t0 = time.perf_counter()
-            rows = _predict(calc, frames, method)
-            rows_rot = _predict(calc, rotated, method)
-            pred = common.stack_predictions(rows)
-            if method == "ensemble":
-                report = common.ensemble_report(pred)
-                # "plain" is ensemble member 0: the same model, no second evaluation needed
-                plain = common.accuracy_report(
-                    {"forces": pred["forces_comm"][0], "forces_ref": pred["forces_ref"]}
-                )
-                metrics["plain"][split] = common.scalar_metrics(plain)
-                arrays["plain"][split] = {"error": plain["error"]}
-            else:
-                report = common.head_report(pred)
-            report["rotational_error"] = common.rotational_error(
-                [r["cov"] for r in rows], [r["cov"] for r in rows_rot], rotation
-            )
-            metrics[method][split] = common.scalar_metrics(report)
-            metrics[method][split]["reliability_observed"] = report["reliability"]["observed"]
-            arrays[method][split] = {"sigma": report["sigma"], "error": report["error"]}
-            LOG.info(
-                "%s %s: MAE %.3f, Spearman %.2f, NLL %.2f (%.0f s)",
-                method,
-                split,
-                report["force_mae"],
-                report["spearman"],
-                report["nll"],
-                time.perf_counter() - t0,
-            )
-    return metrics, arrays
+    return common.evaluate_splits(data, calcs, _predict, LOG)
 
 
 # -- timing ----------------------------------------------------------------------------------------
@@ -343,6 +303,10 @@ def main(argv: list[str] | None = None) -> dict:
     args.data, args.out = args.data.resolve(), args.out.resolve()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    # Workaround: MACEUQCalculator builds its input graph in torch's default dtype and casts it
+    # afterwards, so with a float32 default the positions are rounded to float32 even with
+    # default_dtype="float64" (MACECalculator builds it inside a float64 default-dtype context).
+    torch.set_default_dtype(torch.float64)
     settings = QUICK if args.quick else MaceSettings()
     if args.epochs is not None:
         settings = replace(settings, epochs=args.epochs)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from examples.benchmark import common
-from examples.benchmark.data import TEST_SPLITS, read_split
+from examples.benchmark.data import read_split
 
 LOG = logging.getLogger("benchmark.nequip")
 REPO = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ class NequipSettings:
     members: int = 4  # deep-ensemble size
     heads: tuple[str, ...] = HEADS
     timing_structures: int = 20
-    timing_rounds: int = 5
+    timing_rounds: int = 10
 
 
 QUICK = NequipSettings(
@@ -210,8 +210,7 @@ def _predict(calcs, frames, method: str) -> list[dict]:
                 atoms.calc = calc
                 comm.append(np.array(atoms.get_forces()))
             comm = np.stack(comm)
-            mean, cov, sigma = common.committee_gaussian(comm)
-            row.update(forces=mean, cov=cov, sigma=sigma, forces_comm=comm)
+            row.update(common.ensemble_row(comm))
         else:
             atoms = frame.copy()
             atoms.calc = calcs
@@ -228,46 +227,10 @@ def _predict(calcs, frames, method: str) -> list[dict]:
 
 
 def evaluate_all(data: Path, models: dict[str, list[str]]) -> tuple[dict, dict]:
-    rotation = common.random_rotation()
+    """Metrics per method and split (:func:`common.evaluate_splits`)."""
     calcs: dict = {"ensemble": [_calc_plain(p) for p in models["ensemble"]]}
     calcs.update({h: _calc_head(models[h][0]) for h in HEADS if h in models})
-    metrics: dict = {m: {} for m in ("plain", *calcs)}
-    arrays: dict = {m: {} for m in ("plain", *calcs)}
-    for split in TEST_SPLITS:
-        frames = read_split(data, split)
-        if not frames:
-            continue
-        rotated = [common.rotate_frame(f, rotation) for f in frames]
-        for method, calc in calcs.items():
-            t0 = time.perf_counter()
-            rows = _predict(calc, frames, method)
-            rows_rot = _predict(calc, rotated, method)
-            pred = common.stack_predictions(rows)
-            if method == "ensemble":
-                report = common.ensemble_report(pred)
-                plain = common.accuracy_report(
-                    {"forces": pred["forces_comm"][0], "forces_ref": pred["forces_ref"]}
-                )
-                metrics["plain"][split] = common.scalar_metrics(plain)
-                arrays["plain"][split] = {"error": plain["error"]}
-            else:
-                report = common.head_report(pred)
-            report["rotational_error"] = common.rotational_error(
-                [r["cov"] for r in rows], [r["cov"] for r in rows_rot], rotation
-            )
-            metrics[method][split] = common.scalar_metrics(report)
-            metrics[method][split]["reliability_observed"] = report["reliability"]["observed"]
-            arrays[method][split] = {"sigma": report["sigma"], "error": report["error"]}
-            LOG.info(
-                "%s %s: MAE %.3f, Spearman %.2f, NLL %.2f (%.0f s)",
-                method,
-                split,
-                report["force_mae"],
-                report["spearman"],
-                report["nll"],
-                time.perf_counter() - t0,
-            )
-    return metrics, arrays
+    return common.evaluate_splits(data, calcs, _predict, LOG)
 
 
 # -- timing ----------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import numpy as np
 
 from examples.benchmark import common
 
-METHOD_ORDER = ("plain", "ensemble", "e2ip", "eip", "mve")
+METHOD_ORDER = ("plain", "ensemble", "ensemble_iso", "e2ip", "eip", "mve")
 METHOD_LABEL = {
     "plain": "plain",
     "ensemble": "ensemble",
@@ -51,8 +51,9 @@ def _fmt(value, digits: int) -> str:
 
 
 def _label(part: dict, method: str) -> str:
-    if method == "ensemble":
-        return f"ensemble ×{part.get('settings', {}).get('members', 4)}"
+    if method in ("ensemble", "ensemble_iso"):
+        label = f"ensemble ×{part.get('settings', {}).get('members', 4)}"
+        return label + (" (iso.)" if method == "ensemble_iso" else "")
     return METHOD_LABEL.get(method, method)
 
 
@@ -87,6 +88,8 @@ def cost_table(part: dict) -> str:
     )
     lines = [head, "|" + "---|" * 9]
     for method in _methods(part):
+        if method not in train:  # ensemble_iso: the ensemble's models and cost
+            continue
         t = train.get(method, {})
         per = model.get("per_structure_s", {}).get(method)
         cells = [
@@ -149,7 +152,7 @@ def cost_plot(out: Path, parts: dict) -> str | None:
         return None
     fig, axes = plt.subplots(1, len(parts), figsize=(5.5 * len(parts), 3.6), squeeze=False)
     for ax, (name, part) in zip(axes[0], parts.items(), strict=True):
-        methods = _methods(part)
+        methods = [m for m in _methods(part) if m in part["training"]]
         x = np.arange(len(methods))
         train = [part["training"].get(m, {}).get("epoch_ratio_to_plain", np.nan) for m in methods]
         infer = [part["inference"]["model"]["ratio_to_plain"].get(m, np.nan) for m in methods]
@@ -183,7 +186,10 @@ def write_report(out: Path, parts: dict, header: dict) -> str:
             "Σ(R·x) versus RΣ(x)Rᵀ):\n"
         )
         sections.append(metrics_table(part) + "\n")
-        sections.append("Cost (ratios measured side by side in this run; medians):\n")
+        sections.append(
+            "Cost (measured side by side in this run; training: median epoch time; inference: "
+            "median CPU time over interleaved rounds):\n"
+        )
         sections.append(cost_table(part) + "\n")
         arrays_path = out / name / "arrays.npz"
         if arrays_path.exists():

@@ -35,7 +35,7 @@ def data(tmp_path_factory) -> dict:
 
 HEAD_RUNS = {  # head: (epochs, extra flags)
     "e2ip": (5, ["--ema", "--ema_decay=0.9"]),
-    "eip": (6, []),
+    "eip": (5, []),
     "mve": (3, ["--swa", "--start_swa=2"]),  # stage two (SWA) from epoch 2 of 3
 }
 

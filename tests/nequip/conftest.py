@@ -7,6 +7,7 @@ minute and a half each on 2 CPU cores).
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -27,7 +28,16 @@ from nequip.utils.unittests.conftest import (  # noqa: F401
     nequip_dataset,
     temp_data,
 )
-from nequip_helpers import DATA, EPOCHS, compile_args, run_cli, train_args
+from nequip_helpers import BIN, DATA, EPOCHS, compile_args, run_cli, train_args
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _console_scripts_on_path():
+    """NequIP's harness runs `nequip-train` / `nequip-package` / `nequip-compile` by name."""
+    old = os.environ.get("PATH", "")
+    os.environ["PATH"] = f"{BIN}{os.pathsep}{old}"
+    yield
+    os.environ["PATH"] = old
 
 
 @pytest.fixture(scope="session", autouse=True)
