@@ -131,14 +131,15 @@ def main(argv=None) -> int:
             continue
         parts[framework] = run_part(framework, python, folder, out, args)
     wall = time.perf_counter() - t0
+    command = " ".join(["python -m examples.benchmark", shlex.join(argv or sys.argv[1:])]).strip()
     header = {
-        "command": "python -m examples.benchmark " + shlex.join(argv or sys.argv[1:]),
+        "command": command,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "host": f"{platform.node()} ({os.cpu_count()} CPUs)",
         "data": {"folder": str(folder), **manifest},
         "wall_s": {"data": t_data, "total": wall},
         "summary": (
-            f"`{'python -m examples.benchmark ' + shlex.join(argv or sys.argv[1:])}`, "
+            f"`{command}`, "
             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, wall time {wall / 60:.1f} min "
             f"(data {t_data:.0f} s, hash {manifest['hash']})."
         ),

@@ -138,9 +138,11 @@ def train_all(data: Path, work: Path, s: MaceSettings, jobs: int, reuse: bool) -
         if reuse and (workdir / f"{name}.model").exists():
             continue
         workdir.mkdir(parents=True, exist_ok=True)
-        cmd = train_command(name, head, seed, data, workdir, s)
-        runs[name] = lambda cmd=cmd, wd=workdir: common.run_measured(
-            cmd, wd / "train.log", env=env, cwd=wd
+        cmd, extra = common.timed_training(
+            "mace", train_command(name, head, seed, data, workdir, s), workdir
+        )
+        runs[name] = lambda cmd=cmd, wd=workdir, extra=extra: common.run_measured(
+            cmd, wd / "train.log", env={**env, **extra}, cwd=wd
         )
     LOG.info("training %d MACE models, %d at a time", len(runs), jobs)
     t0 = time.perf_counter()
@@ -164,10 +166,10 @@ def train_all(data: Path, work: Path, s: MaceSettings, jobs: int, reuse: bool) -
         cost = json.loads(cost_file.read_text()) if cost_file.exists() else {}
         cost.update(
             model=str(model),
-            epochs=len(times),
-            epoch_times_s=times,
-            # the first epoch carries one-off set-up costs (lazy init, allocator warm-up)
-            epoch_s=common.median(times[1:] if len(times) > 1 else times),
+            epochs=len(times) or s.epochs,
+            # wall time of each epoch's optimiser steps, from MACE's own results file
+            step_wall_s_per_epoch=times,
+            **common.fit_costs(workdir, len(times) or s.epochs),
         )
         costs[name] = cost
     return costs

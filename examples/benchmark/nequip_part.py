@@ -137,9 +137,11 @@ def train_all(data: Path, work: Path, s: NequipSettings, jobs: int, reuse: bool)
         if reuse and (workdir / "best.ckpt").exists():
             continue
         workdir.mkdir(parents=True, exist_ok=True)
-        cmd = train_command(head, seed, data, workdir, s, e0s)
-        runs[name] = lambda cmd=cmd, wd=workdir: common.run_measured(
-            cmd, wd / "stdout.log", env=env, cwd=wd
+        cmd, extra = common.timed_training(
+            "nequip", train_command(head, seed, data, workdir, s, e0s), workdir
+        )
+        runs[name] = lambda cmd=cmd, wd=workdir, extra=extra: common.run_measured(
+            cmd, wd / "stdout.log", env={**env, **extra}, cwd=wd
         )
     LOG.info("training %d NequIP models, %d at a time", len(runs), jobs)
     t0 = time.perf_counter()
@@ -160,8 +162,12 @@ def train_all(data: Path, work: Path, s: NequipSettings, jobs: int, reuse: bool)
         if name in results:
             common.write_json(cost_file, results[name])
         cost = json.loads(cost_file.read_text()) if cost_file.exists() else {}
-        fit = fit_seconds(workdir / "train.log")
-        cost.update(model=str(ckpt), epochs=s.epochs, fit_s=fit, epoch_s=fit / s.epochs)
+        cost.update(
+            model=str(ckpt),
+            epochs=s.epochs,
+            log_fit_wall_s=fit_seconds(workdir / "train.log"),  # from nequip-train's own log
+            **common.fit_costs(workdir, s.epochs),
+        )
         costs[name] = cost
     return costs
 
@@ -179,21 +185,8 @@ def _calc_plain(path: str):
 
 def _calc_head(path: str):
     from eip_plugins.nequip import NequIPUQCalculator
-    from eip_plugins.nequip._fields import UNCERTAINTY_FIELDS
 
-    class _Calculator(NequIPUQCalculator):
-        """Workaround: NequIPUQCalculator looks for the uncertainty fields in the model's
-        ``irreps_out``, where an ``eip`` model declares none (its fields have no rotation
-        behaviour), so it rejects eip models as "plain"; the fields are in its output."""
-
-        def __init__(self, model, *args, **kwargs):
-            irreps = getattr(model, "irreps_out", None)
-            if isinstance(irreps, dict) and getattr(model, "is_graph_model", False):
-                for key in UNCERTAINTY_FIELDS:
-                    irreps.setdefault(key, None)
-            super().__init__(model, *args, **kwargs)
-
-    return common.with_raw_fields(_Calculator.from_saved_model(path, device="cpu"))
+    return common.with_raw_fields(NequIPUQCalculator.from_saved_model(path, device="cpu"))
 
 
 def _predict(calcs, frames, method: str) -> list[dict]:

@@ -82,7 +82,7 @@ def cost_table(part: dict) -> str:
     train, inf = part.get("training", {}), part.get("inference", {})
     model, calc = inf.get("model", {}), inf.get("calculator", {})
     head = (
-        "| method | train s/epoch | train ratio | train peak RSS (MB) | infer ms/struct (model) "
+        "| method | train CPU s/epoch | train ratio | train peak RSS (MB) | infer ms/struct (model) "
         "| infer ratio (model) | speed-up vs ens. (model) | infer ratio (ASE calc.) "
         "| speed-up vs ens. (ASE calc.) |"
     )

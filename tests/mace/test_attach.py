@@ -27,7 +27,7 @@ def _sha(path: Path) -> str:
 def attached(tmp_path_factory, data) -> dict:
     """A plain MACE model trained with MACE's CLI, then an e2ip head attached to it."""
     workdir = tmp_path_factory.mktemp("attach")
-    train(workdir, data, "plain", ["--max_num_epochs=8", "--default_dtype=float64"])
+    train(workdir, data, "plain", ["--max_num_epochs=8"])
     plain = workdir / "plain.model"
     digest = _sha(plain)
     out = workdir / "plain_e2ip.model"
