@@ -94,13 +94,15 @@ class MACEUQCalculator(UncertaintyCalculator):
 
     def _batch(self, atoms) -> Dict[str, torch.Tensor]:
         from mace import data as mace_data
-        from mace.tools import torch_geometric, utils
+        from mace.tools import torch_geometric, torch_tools, utils
 
         z_table = utils.AtomicNumberTable(sorted(self.known_atomic_numbers))
-        config = mace_data.config_from_atoms(atoms, head_name=self.head)
-        graph = mace_data.AtomicData.from_config(
-            config, z_table=z_table, cutoff=self.r_max, heads=self.heads
-        )
+        # Built in the calculator's dtype (as MACECalculator does): positions are not rounded.
+        with torch_tools.default_dtype(self.dtype):
+            config = mace_data.config_from_atoms(atoms, head_name=self.head)
+            graph = mace_data.AtomicData.from_config(
+                config, z_table=z_table, cutoff=self.r_max, heads=self.heads
+            )
         loader = torch_geometric.dataloader.DataLoader([graph], batch_size=1, shuffle=False)
         batch = next(iter(loader)).to(self.device).to_dict()
         return {
