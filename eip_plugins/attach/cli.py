@@ -1,9 +1,11 @@
 """``eip-attach``: add an evidential head to an already trained model (backbone frozen).
 
-Example::
+Examples::
 
     eip-attach mace --model trained.model --train_file data.xyz --valid_file valid.xyz \\
         --head e2ip --output trained_e2ip.model
+    eip-attach nequip --model outputs/run/best.ckpt --train_file data.xyz \\
+        --valid_file valid.xyz --head e2ip --output best_e2ip.ckpt
 
 The input model file is never modified; the report compares before/after on the validation file.
 """
@@ -16,29 +18,43 @@ import logging
 import sys
 
 from ..core.config import HEAD_KINDS
+from .labelled_data import AttachError
+
+
+def _common_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True)
+    p.add_argument("--train_file", required=True, help="labelled structures (extxyz, ...)")
+    p.add_argument("--valid_file", default=None, help="for early stopping and the report")
+    p.add_argument("--output", required=True)
+    p.add_argument("--head", choices=HEAD_KINDS, default="e2ip")
+    p.add_argument("--replace", action="store_true", help="replace an existing head")
+    p.add_argument("--forces_key", default="REF_forces", help="atoms.arrays key of the forces")
+    p.add_argument("--max_epochs", type=int, default=200)
+    p.add_argument("--patience", type=int, default=20)
+    p.add_argument("--lr", type=float, default=5e-3)
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--eip_hidden", type=int, default=None, help="head width")
+    p.add_argument("--eip_lambda", type=float, default=None, help="evidence regulariser weight")
+    p.add_argument("--eip_quantile", type=float, default=None, help="eip quantile q in (0, 1)")
+    p.add_argument("--report", default=None, help="write the before/after report (JSON) here")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eip-attach", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="framework", required=True)
     m = sub.add_parser("mace", help="a MACE '*.model' file")
-    m.add_argument("--model", required=True)
-    m.add_argument("--train_file", required=True)
-    m.add_argument("--valid_file", default=None)
-    m.add_argument("--output", required=True)
-    m.add_argument("--head", choices=HEAD_KINDS, default="e2ip")
-    m.add_argument("--replace", action="store_true", help="replace an existing head")
-    m.add_argument("--forces_key", default="REF_forces")
+    _common_arguments(m)
     m.add_argument("--mace_head", default=None, help="head of a multi-head MACE model")
-    m.add_argument("--max_epochs", type=int, default=200)
-    m.add_argument("--patience", type=int, default=20)
-    m.add_argument("--lr", type=float, default=5e-3)
-    m.add_argument("--batch_size", type=int, default=16)
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--eip_hidden", type=int, default=None, help="head width")
-    m.add_argument("--eip_lambda", type=float, default=None, help="evidence regulariser weight")
-    m.add_argument("--eip_quantile", type=float, default=None, help="eip quantile q in (0, 1)")
-    m.add_argument("--report", default=None, help="write the before/after report (JSON) here")
+    n = sub.add_parser("nequip", help="a NequIP checkpoint ('*.ckpt'); writes a checkpoint")
+    _common_arguments(n)
+    n.add_argument(
+        "--feature_layer",
+        type=int,
+        default=-2,
+        help="convnet layer whose node features feed the head (default -2: NequIP's last "
+        "layer is scalars only)",
+    )
     return p
 
 
@@ -55,37 +71,46 @@ def _head_options(args) -> dict:
     return options
 
 
+def _attach(args) -> dict:
+    common = {
+        "head": args.head,
+        "valid_file": args.valid_file,
+        "replace": args.replace,
+        "forces_key": args.forces_key,
+        "head_options": _head_options(args),
+        "max_epochs": args.max_epochs,
+        "patience": args.patience,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "seed": args.seed,
+        "progress": sys.stderr.isatty(),
+    }
+    if args.framework == "mace":
+        from ..mace.attach import attach_head
+
+        return attach_head(
+            args.model, args.train_file, args.output, mace_head=args.mace_head, **common
+        )
+    from ..nequip.attach import attach_head
+
+    return attach_head(
+        args.model, args.train_file, args.output, feature_layer=args.feature_layer, **common
+    )
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        if args.framework == "mace":
-            from ..mace.attach import attach_head
-
-            report = attach_head(
-                args.model,
-                args.train_file,
-                args.output,
-                head=args.head,
-                valid_file=args.valid_file,
-                replace=args.replace,
-                forces_key=args.forces_key,
-                mace_head=args.mace_head,
-                head_options=_head_options(args),
-                max_epochs=args.max_epochs,
-                patience=args.patience,
-                lr=args.lr,
-                batch_size=args.batch_size,
-                seed=args.seed,
-                progress=sys.stderr.isatty(),
-            )
-    except (ValueError, FileNotFoundError) as err:
+        report = _attach(args)
+    except (AttachError, ValueError, FileNotFoundError) as err:
         print(f"eip-attach: error: {err}", file=sys.stderr)
         return 2
     before, after = report["before"], report["after"]
     print(
         f"head {report['head']} trained for {report['epochs_run']} epochs "
-        f"(best {report['best_epoch']}), evaluated on {report['evaluated_on']}:"
+        f"(best {report['best_epoch']}) on {report['features']}, "
+        f"evaluated on {report['evaluated_on']}:"
     )
     print(f"  force MAE  before {before['force_mae']:.4f}  after {after['force_mae']:.4f} eV/A")
     print(

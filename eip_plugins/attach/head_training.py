@@ -117,3 +117,42 @@ def fit_head(
     head.load_state_dict(best[2])
     result.best_valid_nll, result.best_epoch = best[0], best[1]
     return result
+
+
+def train_attached_head(
+    head: nn.Module,
+    train: FeatureCache,
+    valid: FeatureCache | None = None,
+    max_epochs: int = 200,
+    lr: float = 5e-3,
+    patience: int = 20,
+    seed: int = 0,
+    progress: bool | None = None,
+) -> dict:
+    """Initialise psi0 from the backbone's residuals, fit ``head`` and report before/after.
+
+    Returns a dict with ``best_epoch``, ``epochs_run``, ``evaluated_on`` (``"valid"`` or
+    ``"train"``), ``before`` (backbone force MAE, eV/A) and ``after`` (:func:`evaluate_head`).
+    Closes both caches.
+    """
+    covariance = getattr(head, "covariance", None)
+    if covariance is not None:
+        covariance.set_psi0(initial_psi0(train))
+    try:
+        fit = fit_head(head, train, valid, max_epochs, lr, patience, seed, progress)
+        head.eval()
+        report_cache = valid if valid is not None else train
+        after = evaluate_head(head, report_cache)
+        everything = report_cache.concatenated()
+        before_mae = float((everything.forces - everything.forces_ref).abs().mean())
+    finally:
+        train.close()
+        if valid is not None:
+            valid.close()
+    return {
+        "best_epoch": fit.best_epoch,
+        "epochs_run": len(fit.history),
+        "evaluated_on": "valid" if valid is not None else "train",
+        "before": {"force_mae": before_mae},
+        "after": after,
+    }

@@ -17,25 +17,24 @@ MACE's concatenated ``node_feats`` (see :mod:`eip_plugins.mace.model`).
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 
-import ase.data
-import ase.io
-import numpy as np
 import torch
 from torch import nn
 
-from ..attach import FeatureCache, FeatureChunk, fit_head, initial_psi0
-from ..attach.head_training import evaluate_head
+from ..attach import (
+    AttachError,
+    FeatureCache,
+    FeatureChunk,
+    atomic_write,
+    check_output_path,
+    read_labelled,
+    train_attached_head,
+)
 from ..core.config import HeadConfig
+from .heads import select_mace_head
 
 log = logging.getLogger(__name__)
-
-
-class AttachError(ValueError):
-    """Bad input to ``eip-attach`` (the message names the file, key or element)."""
 
 
 def load_backbone(path, replace: bool = False) -> nn.Module:
@@ -72,38 +71,15 @@ def load_backbone(path, replace: bool = False) -> nn.Module:
     return model
 
 
-def read_labelled(path, forces_key: str, known_numbers: set[int]) -> list:
-    """Read extxyz frames; every frame must have forces and only elements the model knows."""
-    path = Path(path)
-    if not path.is_file():
-        raise AttachError(f"data file {path} does not exist")
-    frames = ase.io.read(path, ":")
-    if not frames:
-        raise AttachError(f"data file {path} holds no structures")
-    for i, atoms in enumerate(frames):
-        if forces_key not in atoms.arrays:
-            raise AttachError(
-                f"{path}: structure {i} has no forces under arrays[{forces_key!r}] "
-                "(set --forces_key)"
-            )
-        unknown = sorted(set(atoms.numbers.tolist()) - known_numbers)
-        if unknown:
-            names = [ase.data.chemical_symbols[z] for z in unknown]
-            raise AttachError(
-                f"{path}: structure {i} contains element(s) {names} the model does not know "
-                f"(it knows {[ase.data.chemical_symbols[z] for z in sorted(known_numbers)]})"
-            )
-    return frames
-
-
 def _batches(model: nn.Module, frames, forces_key: str, mace_head: str | None, batch_size: int):
     from mace import data as mace_data
     from mace.tools import torch_geometric, torch_tools, utils
 
     heads = list(getattr(model, "heads", ["Default"]))
-    head_name = mace_head or heads[0]
-    if head_name not in heads:
-        raise AttachError(f"unknown --mace_head={head_name!r}: the model has heads {heads}")
+    try:
+        head_name = select_mace_head(heads, mace_head)
+    except ValueError as err:
+        raise AttachError(f"--mace_head: {err}") from None
     dtype = next(model.parameters()).dtype
     z_table = utils.AtomicNumberTable([int(z) for z in model.atomic_numbers])
     keyspec = mace_data.KeySpecification(info_keys={}, arrays_keys={"forces": forces_key})
@@ -171,8 +147,7 @@ def attach_head(
     """
     from .model import EvidentialMACE
 
-    if Path(output).resolve() == Path(model_path).resolve():
-        raise AttachError("--output must differ from --model: the input model is never modified")
+    check_output_path(model_path, output)
     config = HeadConfig(kind=head, **(head_options or {}))
     backbone = load_backbone(model_path, replace=replace)
     known = {int(z) for z in backbone.atomic_numbers}
@@ -189,43 +164,17 @@ def attach_head(
         else None
     )
     model = EvidentialMACE(backbone, config)
-    dtype = next(backbone.parameters()).dtype
-    model.head.to(dtype)
-    if hasattr(model.head, "covariance"):
-        model.head.covariance.set_psi0(initial_psi0(train))
-    fit = fit_head(model.head, train, valid, max_epochs, lr, patience, seed, progress)
+    # the evidential head is fit to this MACE head's forces: calculators default to it
+    model.eip_mace_head = select_mace_head(list(backbone.heads), mace_head)
+    model.head.to(next(backbone.parameters()).dtype)
+    report = train_attached_head(model.head, train, valid, max_epochs, lr, patience, seed, progress)
     model.eval()
-    report_cache = valid if valid is not None else train
-    after = evaluate_head(model.head, report_cache)
-    before_mae = float(
-        (report_cache.concatenated().forces - report_cache.concatenated().forces_ref).abs().mean()
-    )
-    _atomic_save(model, Path(output))
-    train.close()
-    if valid is not None:
-        valid.close()
+    atomic_write(output, lambda tmp: torch.save(model, tmp))
     return {
         "head": head,
-        "best_epoch": fit.best_epoch,
-        "epochs_run": len(fit.history),
-        "evaluated_on": "valid" if valid is not None else "train",
-        "before": {"force_mae": before_mae},
-        "after": after,
+        # MACE's concatenated node_feats: every layer's output (the last one scalars only)
+        "features": f"node_feats of all {len(backbone.products)} layers: {model.node_feats_irreps}",
+        "mace_head": model.eip_mace_head,
+        **report,
         "output": str(output),
     }
-
-
-def _atomic_save(model: nn.Module, output: Path) -> None:
-    output.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=output.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(model, tmp)
-        os.replace(tmp, output)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def known_elements(model: nn.Module) -> list[str]:
-    return [ase.data.chemical_symbols[int(z)] for z in np.asarray(model.atomic_numbers)]

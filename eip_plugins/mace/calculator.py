@@ -16,6 +16,7 @@ import torch
 
 from ..ase_calculator import UncertaintyCalculator
 from ..core import keys
+from .heads import select_mace_head
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -38,7 +39,8 @@ class MACEUQCalculator(UncertaintyCalculator):
         model_paths: path of one model trained with ``--head`` (a one-element list is accepted).
         device: torch device.
         default_dtype: ``"float64"`` or ``"float32"``; the model is cast to it.
-        head: MACE multi-head name; default: the model's only/last head.
+        head: MACE multi-head name; default: the head the evidential head was attached to, else
+            MACE's rule (the only head, or the one named ``default``).
         udd: uncertainty-driven dynamics settings (see the base class), or None.
 
     Raises:
@@ -84,13 +86,9 @@ class MACEUQCalculator(UncertaintyCalculator):
         self.model_path = str(model_paths)
         self.r_max = float(self.model.r_max)
         self.known_atomic_numbers = {int(z) for z in self.model.atomic_numbers}
-        heads = list(self.model.heads)
-        self.heads = heads
-        if head is None:
-            head = heads[-1]
-        if head not in heads:
-            raise ValueError(f"head={head!r} is not one of the model's heads {heads}")
-        self.head = head
+        self.heads = list(self.model.heads)
+        trained_on = getattr(self.model, "eip_mace_head", None)
+        self.head = select_mace_head(self.heads, head, trained_on or None)
 
     def _batch(self, atoms) -> Dict[str, torch.Tensor]:
         from mace import data as mace_data

@@ -71,6 +71,8 @@ class EvidentialMACE(nn.Module):
         self.node_feats_irreps = str(irreps)
         self.eip_head_kind = config.kind
         self.eip_head_config = json.dumps(config.to_dict())
+        # the MACE head whose forces the head was fit to ("": all heads, as mace_run_train does)
+        self.eip_mace_head = ""
         self.model = backbone
         self.head = build_head(config, irreps)
 

@@ -5,6 +5,7 @@ import only registers the output fields and the ``ase_uq`` compile target. Every
 loaded on first attribute access:
 
 - :func:`EvidentialNequIPGNNModel` -- model builder (``training_module.model._target_``);
+- :func:`EvidentialHeadOnModel` -- a head on any builder's model (written by ``eip-attach``);
 - :func:`EvidentialLoss` -- ``training_module.loss``;
 - :func:`EvidentialMetrics` -- ``val_metrics`` / ``test_metrics``;
 - :class:`NequIPUQCalculator` -- ASE calculator with uncertainties.
@@ -21,6 +22,7 @@ _register_compile_targets()
 _LAZY = {
     "EvidentialNequIPGNNModel": ".model",
     "EvidentialPresetNequIPGNNModel": ".model",
+    "EvidentialHeadOnModel": ".model",
     "attach_evidential_head": ".model",
     "EvidentialHeadOutput": ".head_module",
     "NodeFeatureTap": ".head_module",

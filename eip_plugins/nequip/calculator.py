@@ -154,6 +154,9 @@ class NequIPUQCalculator(_IntegrationLoaderMixin, UncertaintyCalculator):
             result[k] = out[k]
         for k in keys.PER_STRUCTURE_UNCERTAINTY_KEYS:
             result[k] = out[k].reshape(1)
+        for k in keys.RAW_PARAMETER_KEYS:  # evidential parameters, for NLL/CE/ES metrics
+            if k in out:
+                result[k] = out[k]
         if keep_graph:
             result["positions"] = data[AtomicDataDict.POSITIONS_KEY]
         else:

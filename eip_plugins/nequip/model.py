@@ -13,6 +13,7 @@ EMA, DDP and NequIP's own modifiers (they act on the wrapped modules) keep worki
 
 from typing import Any, Dict, Optional, Union
 
+from hydra.utils import get_method
 from nequip.model import NequIPGNNModel, PresetNequIPGNNModel, model_builder
 from nequip.nn import ConvNetLayer, ForceStressOutput, GraphModel, SequentialGraphNetwork
 
@@ -145,3 +146,58 @@ def EvidentialPresetNequIPGNNModel(
     config = head_config(head, head_options, forces_rms)
     _register_for_packaging()
     return attach_evidential_head(PresetNequIPGNNModel(**kwargs), config, feature_layer)
+
+
+# arguments the outer builder keeps (GraphModel metadata) and forwards to the backbone's builder
+_SHARED_BUILDER_ARGS = ("type_names", "r_max", "per_edge_type_cutoff")
+
+
+@model_builder
+def EvidentialHeadOnModel(
+    backbone: Dict[str, Any],
+    type_names,
+    r_max: float,
+    per_edge_type_cutoff: Optional[Dict] = None,
+    head: Union[str, Dict[str, Any]] = "e2ip",
+    head_options: Optional[Dict[str, Any]] = None,
+    feature_layer: int = -2,
+) -> GraphModel:
+    """An evidential head on the model that another builder makes.
+
+    ``eip-attach nequip`` writes this into the checkpoint of a plain model it gave a head::
+
+        model:
+          _target_: eip_plugins.nequip.model.EvidentialHeadOnModel
+          seed: 123
+          model_dtype: float32
+          type_names: [C, H, O]
+          r_max: 4.0
+          head: e2ip
+          head_options: {hidden: 32, psi0: 0.27}
+          feature_layer: -2
+          backbone:                      # the plain model's config, minus the shared arguments
+            _target_: nequip.model.NequIPGNNModel
+            l_max: 1
+            num_layers: 3
+            ...
+
+    Args:
+        backbone: the backbone's builder config with ``_target_``, without ``seed``,
+            ``model_dtype``, ``type_names``, ``r_max`` and ``per_edge_type_cutoff`` (those are
+            this builder's and are passed on).
+        type_names, r_max (A), per_edge_type_cutoff: as for every NequIP builder.
+        head, head_options: the head (see :func:`head_config`).
+        feature_layer: convnet layer whose node features feed the head (default ``-2``).
+    """
+    config = head_config(head, head_options)
+    backbone = dict(backbone)
+    clash = sorted(set(backbone) & {"seed", "model_dtype", *_SHARED_BUILDER_ARGS})
+    if clash:
+        raise ValueError(f"give {clash} at the top level of the model config, not in `backbone`")
+    builder = get_method(backbone.pop("_target_"))
+    shared = {"type_names": type_names, "r_max": r_max}
+    if per_edge_type_cutoff is not None:
+        shared["per_edge_type_cutoff"] = per_edge_type_cutoff
+    _register_for_packaging()
+    # an inner @model_builder call returns the raw force module (no GraphModel wrapper)
+    return attach_evidential_head(builder(**backbone, **shared), config, feature_layer)

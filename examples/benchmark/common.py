@@ -162,48 +162,6 @@ def rotate_frame(atoms, rotation: np.ndarray):
     return rotated
 
 
-class CaptureOutputs:
-    """Calls a model and keeps its last output dict (see :func:`with_raw_fields`)."""
-
-    def __init__(self, model):
-        self.model, self.last = model, {}
-
-    def __call__(self, *args, **kwargs):
-        self.last = self.model(*args, **kwargs)
-        return self.last
-
-    def __getattr__(self, name):
-        return getattr(self.model, name)
-
-
-def unwrap(model):
-    return model.model if isinstance(model, CaptureOutputs) else model
-
-
-def with_raw_fields(calc):
-    """Make an :class:`UncertaintyCalculator` also return the raw evidential fields.
-
-    The SPEC §3 predictive distributions need ``e2ip_psi``/``eip_nu``/``mve_cov``, ... . Where an
-    adapter's ``evaluate_model`` does not pass them on, they are copied from the model's output
-    (captured on the same call, no second evaluation). A no-op where the adapter returns them.
-    """
-    from eip_plugins.core import keys
-
-    calc.model = CaptureOutputs(calc.model)
-    evaluate = calc.evaluate_model
-
-    def evaluate_model(atoms, keep_graph):
-        result = evaluate(atoms, keep_graph)
-        last = calc.model.last or {}
-        for key in keys.RAW_PARAMETER_KEYS:
-            if key not in result and last.get(key) is not None:
-                result[key] = last[key].detach()
-        return result
-
-    calc.evaluate_model = evaluate_model
-    return calc
-
-
 def evaluate_splits(data: Path, calcs: dict, predict: Callable, log=LOG) -> tuple[dict, dict]:
     """Every SPEC §3 metric per method and test split, plus per-atom arrays for the plots.
 

@@ -185,8 +185,7 @@ def _calc_plain(paths: list[str]):
 def _calc_head(path: str):
     from eip_plugins.mace import MACEUQCalculator
 
-    calc = MACEUQCalculator(model_paths=path, device="cpu", default_dtype="float64")
-    return common.with_raw_fields(calc)
+    return MACEUQCalculator(model_paths=path, device="cpu", default_dtype="float64")
 
 
 def _predict(calc, frames, method: str) -> list[dict]:

@@ -186,7 +186,7 @@ def _calc_plain(path: str):
 def _calc_head(path: str):
     from eip_plugins.nequip import NequIPUQCalculator
 
-    return common.with_raw_fields(NequIPUQCalculator.from_saved_model(path, device="cpu"))
+    return NequIPUQCalculator.from_saved_model(path, device="cpu")
 
 
 def _predict(calcs, frames, method: str) -> list[dict]:
@@ -242,7 +242,7 @@ def time_inference(data: Path, models: dict[str, list[str]], s: NequipSettings) 
     graphs = [calcs["plain"][0].atoms_to_data(f.copy()) for f in frames]
 
     def model_fn(cs):
-        nets = [common.unwrap(c.model) for c in cs]
+        nets = [c.model for c in cs]
 
         def run():
             for g in graphs:

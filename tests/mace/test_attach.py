@@ -194,3 +194,75 @@ def test_replace_swaps_the_head(attached, data, tmp_path):
     )
     model = torch.load(out, map_location="cpu", weights_only=False)
     assert model.eip_head_kind == "eip" and not hasattr(model.model, "eip_head_kind")
+
+
+@pytest.fixture(scope="module")
+def multi_head_model(tmp_path_factory, data) -> Path:
+    """A two-head MACE model ('dft', 'xtb': no 'default'), trained by mace_run_train --heads."""
+    from mace_helpers import COMMON_ARGS, MACE_RUN_TRAIN, MODEL_ARGS
+
+    workdir = tmp_path_factory.mktemp("multi_head")
+    frames = ase.io.read(data["tiny_train"], ":")
+    valid = ase.io.read(data["tiny_valid"], ":")
+    heads = {}
+    for i, name in enumerate(("dft", "xtb")):
+        ase.io.write(workdir / f"{name}_train.xyz", frames[i::2])
+        ase.io.write(workdir / f"{name}_valid.xyz", valid[i::2])
+        heads[name] = {
+            "train_file": str(workdir / f"{name}_train.xyz"),
+            "valid_file": str(workdir / f"{name}_valid.xyz"),
+            "E0s": "average",
+        }
+    cmd = [MACE_RUN_TRAIN, "--name=multi", f"--heads={json.dumps(heads)}", *MODEL_ARGS]
+    run_cli([*cmd, *COMMON_ARGS, "--max_num_epochs=2"], workdir)
+    return workdir / "multi.model"
+
+
+def test_multi_head_model(multi_head_model, data, tmp_path):
+    """A foundation-style multi-head file: the head is fit to one MACE head's forces, which
+    stay bit-identical, and calculators default to that MACE head."""
+    from mace.calculators import MACECalculator
+
+    msg = _attach_error(
+        [
+            "--model",
+            str(multi_head_model),
+            "--train_file",
+            str(data["tiny_train"]),
+            "--output",
+            str(tmp_path / "o.model"),
+        ],
+        tmp_path,
+    )
+    assert "several heads ['dft', 'xtb'] and none is named 'default'" in msg
+    out = tmp_path / "multi_e2ip.model"
+    proc = run_cli(
+        [
+            EIP_ATTACH,
+            "mace",
+            "--model",
+            multi_head_model,
+            "--mace_head",
+            "xtb",
+            "--train_file",
+            data["tiny_train"],
+            "--output",
+            out,
+            "--max_epochs",
+            "3",
+        ],
+        tmp_path,
+    )
+    assert "16x0e+16x1o+16x0e" in proc.stdout  # which features the head reads is reported
+    atoms = ase.io.read(data["test_300K"], 0)
+    uq = MACEUQCalculator(model_paths=str(out), default_dtype="float64")
+    assert uq.head == "xtb"
+    plain = MACECalculator(model_paths=str(multi_head_model), head="xtb", default_dtype="float64")
+    forces = []
+    for calc in (uq, plain):
+        a = atoms.copy()
+        a.calc = calc
+        forces.append(a.get_forces())
+    np.testing.assert_array_equal(forces[0], forces[1])
+    with pytest.raises(ValueError, match=r"head 'pbe' is not one of the model's heads"):
+        MACEUQCalculator(model_paths=str(out), head="pbe")

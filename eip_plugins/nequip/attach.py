@@ -1,0 +1,481 @@
+"""``eip-attach nequip``: give an already trained NequIP model an evidential head.
+
+Input: a NequIP checkpoint (``best.ckpt`` of ``nequip-train``; its evaluation model, i.e. the EMA
+weights when trained with ``EMALightningModule``) or a ``nequip-package`` file (``.nequip.zip``,
+e.g. a foundation model saved locally; its eager model). That model is the frozen backbone. The node features of
+one interaction layer (default: the one before NequIP's scalars-only last layer) and the
+backbone's forces are computed once with NequIP's own data pipeline (``from_ase`` -> type mapper
+-> neighbor list), cached, and only the head is trained on them with the SPEC force loss (the
+energy term is dropped: the backbone's energy is fixed), early-stopped on the validation NLL.
+
+Output: a NequIP checkpoint of the same training module whose model is
+:func:`~eip_plugins.nequip.model.EvidentialHeadOnModel` around the original model config, with
+the backbone's weights copied bit for bit and the trained head. It is verified before it is
+renamed into place (reloaded through ``nequip.model.ModelFromCheckpoint``; energies and forces
+must equal the input model's exactly), and every NequIP tool accepts it: ``nequip-package
+build``, ``nequip-compile --target ase_uq``, ``NequIPUQCalculator.from_saved_model``.
+
+For a package, the checkpoint's training config is the package's ``config.yaml`` (the config it
+was trained with), except its ``data`` entry, which points at ``--train_file``/``--valid_file`` (``nequip-compile``
+traces the model on a structure of it). Not accepted: compiled models (``.nequip.pt2``: no node
+features can be read from them).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..attach import (
+    AttachError,
+    FeatureCache,
+    FeatureChunk,
+    atomic_write,
+    check_output_path,
+    read_labelled,
+    train_attached_head,
+)
+from ..core.config import HeadConfig
+from . import _fields
+
+log = logging.getLogger(__name__)
+
+_HEAD_BUILDERS = {
+    "eip_plugins.nequip.EvidentialNequIPGNNModel": "nequip.model.NequIPGNNModel",
+    "eip_plugins.nequip.model.EvidentialNequIPGNNModel": "nequip.model.NequIPGNNModel",
+    "eip_plugins.nequip.EvidentialPresetNequIPGNNModel": "nequip.model.PresetNequIPGNNModel",
+    "eip_plugins.nequip.model.EvidentialPresetNequIPGNNModel": "nequip.model.PresetNequIPGNNModel",
+}
+_ATTACHED_BUILDERS = {
+    "eip_plugins.nequip.EvidentialHeadOnModel",
+    "eip_plugins.nequip.model.EvidentialHeadOnModel",
+}
+_HEAD_ARGS = ("head", "head_options", "forces_rms", "feature_layer")
+_TOP_LEVEL_ARGS = ("seed", "model_dtype", "type_names", "r_max", "per_edge_type_cutoff")
+
+
+# -- reading the input ----------------------------------------------------------------------------
+def is_package(path) -> bool:
+    return str(path).endswith(".nequip.zip")
+
+
+def load_checkpoint(path) -> dict:
+    """The checkpoint dict of a ``nequip-train`` run; AttachError for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise AttachError(f"model file {path} does not exist")
+    name = path.name
+    if name.endswith(".nequip.pt2") or name.endswith(".pt2"):
+        raise AttachError(
+            f"{path} is a compiled (AOTInductor) model: its node features cannot be read. Give "
+            "the checkpoint (best.ckpt) it was compiled from."
+        )
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise AttachError(
+            f"{path} is not a NequIP checkpoint (torch.load failed: {type(err).__name__}: {first})"
+        ) from err
+    try:
+        hp = ck["hyper_parameters"]
+        hp["model"]["_target_"]
+        hp["info_dict"]["training_module"]["_target_"]
+        ck["state_dict"]
+    except (TypeError, KeyError) as err:
+        raise AttachError(
+            f"{path} is not a NequIP checkpoint (no hyper_parameters.model / info_dict / "
+            f"state_dict: missing {err})"
+        ) from None
+    return ck
+
+
+def checkpoint_from_package(path, train_file, valid_file, forces_key: str) -> dict:
+    """A checkpoint dict (no ``state_dict`` yet) from a package's ``config.yaml``."""
+    import lightning
+    import yaml
+    from nequip.model.saved_models.package import _suppress_package_importer_exporter_warnings
+    from nequip.utils import get_current_code_versions
+
+    path = Path(path)
+    if not path.is_file():
+        raise AttachError(f"model file {path} does not exist")
+    try:
+        with _suppress_package_importer_exporter_warnings():
+            imp = torch.package.PackageImporter(str(path))
+            info = yaml.safe_load(imp.load_text("model", "config.yaml"))
+    except Exception as err:  # noqa: BLE001 - a broken zip or a zip that is not a package
+        raise AttachError(
+            f"{path} is not a nequip-package file ({type(err).__name__}: {err})"
+        ) from err
+    try:
+        module_cfg = dict(info["training_module"])
+        module_cfg.pop("_target_")
+        model_cfg = module_cfg.pop("model")
+        model_cfg["_target_"]
+    except (TypeError, KeyError) as err:
+        raise AttachError(f"{path}: its config.yaml has no training_module.model ({err})") from None
+    if "_target_" in model_cfg and model_cfg["_target_"].startswith("nequip.model.ModelFrom"):
+        raise AttachError(
+            f"{path} was itself built from another saved model ({model_cfg['_target_']}); "
+            "attach the head to that model instead"
+        )
+    info["versions"] = get_current_code_versions(verbose=False)
+    info["data"] = _data_config(train_file, valid_file or train_file, forces_key, model_cfg)
+    hp = {
+        **module_cfg,
+        "model": model_cfg,
+        "num_datasets": {"train": 1, "val": 0, "test": 0, "predict": 0},
+        "info_dict": info,
+    }
+    return {
+        "epoch": 0,
+        "global_step": 0,
+        "pytorch-lightning_version": lightning.__version__,
+        "hyper_parameters": hp,
+    }
+
+
+def _data_config(train_file, valid_file, forces_key: str, model_cfg: dict) -> dict:
+    """An ``ASEDataModule`` on the head's training data (example data for ``nequip-compile``)."""
+    types = list(model_cfg["type_names"])
+    return {
+        "_target_": "nequip.data.datamodule.ASEDataModule",
+        "seed": 0,
+        "train_file_path": str(Path(train_file).resolve()),
+        "val_file_path": str(Path(valid_file).resolve()),
+        "key_mapping": {forces_key: "forces"},
+        "transforms": [
+            {
+                "_target_": "nequip.data.transforms.ChemicalSpeciesToAtomTypeMapper",
+                "model_type_names": types,
+                "chemical_species_to_atom_type_map": {t: t for t in types},
+            },
+            {
+                "_target_": "nequip.data.transforms.NonPeriodicCellTransform",
+                # molecules (pbc all False): a padded box replaces a zero cell, whose stress
+                # is NaN and fails nequip-compile's eager-vs-compiled check
+                "padding": 10.0,
+                "override_cell": True,
+            },
+            {
+                "_target_": "nequip.data.transforms.NeighborListTransform",
+                "r_max": float(model_cfg["r_max"]),
+            },
+        ],
+    }
+
+
+def backbone_config(model_config: dict, replace: bool, path) -> dict:
+    """The plain model's builder config (``_target_``, ``seed``, ... included).
+
+    A model that already has a head is refused unless ``replace``; then its backbone's config is
+    recovered (from :func:`EvidentialHeadOnModel` or an ``Evidential*NequIPGNNModel`` config).
+    """
+    cfg = dict(model_config)
+    target = cfg["_target_"]
+    if target not in _ATTACHED_BUILDERS and target not in _HEAD_BUILDERS:
+        if "Evidential" in target:
+            raise AttachError(f"{path}: unknown evidential model builder {target}")
+        return cfg
+    if not replace:
+        kind = cfg.get("head", "e2ip")
+        kind = kind.get("kind", "e2ip") if isinstance(kind, dict) else kind
+        raise AttachError(
+            f"{path} already has an evidential '{kind}' head ({target}); pass --replace to "
+            "train a new head on its backbone"
+        )
+    if target in _ATTACHED_BUILDERS:
+        shared = {k: cfg[k] for k in _TOP_LEVEL_ARGS if cfg.get(k) is not None}
+        return {**dict(cfg["backbone"]), **shared}
+    plain = {k: v for k, v in cfg.items() if k not in _HEAD_ARGS}
+    plain["_target_"] = _HEAD_BUILDERS[target]
+    return plain
+
+
+def attached_model_config(backbone: dict, config: HeadConfig, feature_layer: int) -> dict:
+    """The :func:`EvidentialHeadOnModel` config around a plain builder config."""
+    inner = {k: v for k, v in backbone.items() if k not in _TOP_LEVEL_ARGS}
+    top = {k: backbone[k] for k in _TOP_LEVEL_ARGS if backbone.get(k) is not None}
+    missing = [k for k in ("seed", "model_dtype", "type_names", "r_max") if k not in top]
+    if missing:
+        raise AttachError(f"the model config lacks {missing}; it is not a NequIP model config")
+    return {
+        "_target_": "eip_plugins.nequip.model.EvidentialHeadOnModel",
+        **top,
+        "head": config.kind,
+        "head_options": {k: v for k, v in config.to_dict().items() if k != "kind"},
+        "feature_layer": int(feature_layer),
+        "backbone": inner,
+    }
+
+
+def _sole_model(module_dict, path) -> nn.Module:
+    from nequip.train.lightning import _SOLE_MODEL_KEY
+
+    if _SOLE_MODEL_KEY not in module_dict or len(module_dict) != 1:
+        raise AttachError(
+            f"{path} holds several models ({list(module_dict)}); eip-attach supports "
+            "single-model checkpoints"
+        )
+    return module_dict[_SOLE_MODEL_KEY]
+
+
+def _init_global_state() -> None:
+    """NequIP's global state (dtype, TF32) must be set before any model is built."""
+    from nequip.utils.global_state import global_state_initialized, set_global_state
+
+    if not global_state_initialized():
+        set_global_state()
+
+
+def load_original(path) -> nn.Module:
+    """The saved model as NequIP loads it: a checkpoint's evaluation model (EMA weights) or a
+    package's eager model, in evaluation mode."""
+    from nequip.model import ModelFromCheckpoint, ModelFromPackage
+    from nequip.model.modify_utils import only_apply_persistent_modifiers
+
+    _init_global_state()
+    if is_package(path):
+        return _sole_model(ModelFromPackage(str(path)), path).eval()
+    with only_apply_persistent_modifiers(persistent_only=True):
+        model = _sole_model(ModelFromCheckpoint(str(path)), path)
+    return model.eval()
+
+
+# -- building the model with a head ---------------------------------------------------------------
+def build_training_module(ck: dict, model_config: dict):
+    """The checkpoint's training module class, re-instantiated with ``model_config``."""
+    import hydra
+
+    _init_global_state()
+    hp = copy.deepcopy(ck["hyper_parameters"])
+    hp["model"] = model_config
+    hp["info_dict"]["training_module"]["model"] = copy.deepcopy(model_config)
+    cls = hydra.utils.get_class(hp["info_dict"]["training_module"]["_target_"])
+    return cls(**hp), hp
+
+
+def _energy_network(force_model: nn.Module) -> nn.Module:
+    """The SequentialGraphNetwork inside ``ForceStressOutput`` (or inside the head wrapper)."""
+    inner = force_model.func
+    return inner.func if hasattr(inner, "func") else inner
+
+
+def copy_backbone(original: nn.Module, attached: nn.Module) -> None:
+    """Copy every backbone weight of ``original`` (plain or evidential GraphModel) into
+    ``attached``; the tap adds no state, so the energy networks' state dicts match key for key."""
+    source = _energy_network(original.model)
+    target = _energy_network(attached.model)
+    try:
+        target.load_state_dict(source.state_dict(), strict=True)
+    except RuntimeError as err:
+        raise AttachError(
+            f"the rebuilt backbone does not match the checkpoint's weights: {err}"
+        ) from err
+
+
+def feature_layer_description(attached: nn.Module) -> str:
+    """Which layer's node features the head reads, with their irreps."""
+    network = _energy_network(attached.model)
+    names = list(dict(network.named_children()))
+    i = names.index(_fields.HEAD_FEATURES)
+    tapped = names[i - 1]
+    irreps = getattr(network, _fields.HEAD_FEATURES).irreps_out[_fields.HEAD_FEATURES]
+    return f"node features of '{tapped}' ({irreps})"
+
+
+# -- features ---------------------------------------------------------------------------------------
+def _batches(graph_model: nn.Module, frames, forces_key: str, batch_size: int):
+    from nequip.data import AtomicDataDict, from_ase
+    from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
+
+    type_names = list(graph_model.type_names)
+    try:
+        mapper = ChemicalSpeciesToAtomTypeMapper(
+            model_type_names=type_names,
+            chemical_species_to_atom_type_map={t: t for t in type_names},
+        )
+    except Exception as err:  # noqa: BLE001 - nequip raises on non-element type names
+        raise AttachError(
+            f"the model's type names {type_names} are not chemical symbols; eip-attach maps "
+            f"each element to the type of the same name ({err})"
+        ) from err
+    neighbors = NeighborListTransform(r_max=float(graph_model.metadata["r_max"]))
+    for start in range(0, len(frames), batch_size):
+        chunk = frames[start : start + batch_size]
+        data = [neighbors(mapper(from_ase(atoms))) for atoms in chunk]
+        reference = torch.cat([torch.as_tensor(a.arrays[forces_key]) for a in chunk])
+        yield AtomicDataDict.batched_from_list(data), reference
+
+
+def extract_features(
+    attached: nn.Module,
+    frames,
+    forces_key: str = "REF_forces",
+    batch_size: int = 16,
+    max_atoms_in_memory: int = 2_000_000,
+) -> FeatureCache:
+    """Run the frozen backbone once over ``frames``: tapped node features, forces, reference
+    forces (a forward hook on the feature tap reads the features)."""
+    from nequip.data import AtomicDataDict
+
+    from .head_module import NodeFeatureTap
+
+    taps = [m for m in attached.modules() if isinstance(m, NodeFeatureTap)]
+    captured = {}
+    handle = taps[0].register_forward_hook(
+        lambda _m, _i, out: captured.update(f=out[_fields.HEAD_FEATURES].detach())
+    )
+    cache = FeatureCache(max_atoms_in_memory=max_atoms_in_memory)
+    try:
+        for batch, reference in _batches(attached, frames, forces_key, batch_size):
+            out = attached(batch)
+            forces = out[AtomicDataDict.FORCE_KEY].detach()
+            feats = captured.pop("f")
+            cache.append(
+                FeatureChunk(
+                    feats,
+                    forces.to(feats.dtype),
+                    reference.to(feats.dtype),
+                    batch[AtomicDataDict.BATCH_KEY].detach(),
+                    AtomicDataDict.num_frames(batch),
+                )
+            )
+    finally:
+        handle.remove()
+    return cache
+
+
+def _predict(model: nn.Module, frames, forces_key: str) -> dict[str, torch.Tensor]:
+    from nequip.data import AtomicDataDict
+
+    out = {"energy": [], "forces": []}
+    for batch, _ in _batches(model, frames, forces_key, batch_size=len(frames)):
+        result = model(batch)
+        out["energy"].append(result[AtomicDataDict.TOTAL_ENERGY_KEY].detach())
+        out["forces"].append(result[AtomicDataDict.FORCE_KEY].detach())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def check_identical(original: nn.Module, attached: nn.Module, frames, forces_key: str) -> None:
+    """RuntimeError unless energies and forces are bit-identical on ``frames``."""
+    a = _predict(original, frames, forces_key)
+    b = _predict(attached, frames, forces_key)
+    for key in ("energy", "forces"):
+        if not torch.equal(a[key], b[key]):
+            diff = float((a[key] - b[key]).abs().max())
+            raise RuntimeError(
+                f"the model with the head changes the backbone's {key} (max |diff| {diff:.3g}); "
+                "nothing was written"
+            )
+
+
+# -- the whole job ----------------------------------------------------------------------------------
+def attach_head(
+    model_path,
+    train_file,
+    output,
+    head: str = "e2ip",
+    valid_file=None,
+    replace: bool = False,
+    forces_key: str = "REF_forces",
+    feature_layer: int = -2,
+    head_options: dict | None = None,
+    max_epochs: int = 200,
+    patience: int = 20,
+    lr: float = 5e-3,
+    batch_size: int = 16,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Attach, train, verify and save. Returns a before/after report on the validation data.
+
+    The input checkpoint is only read. The output (a ``.ckpt``) is written to a temporary file
+    beside it, reloaded and checked (energies and forces equal the input model's), then renamed
+    into place; it may not be the input file.
+    """
+    from ase.data import atomic_numbers
+
+    check_output_path(model_path, output)
+    if not str(output).endswith(".ckpt"):
+        raise AttachError(
+            f"--output {output}: eip-attach nequip writes a checkpoint; give a '.ckpt' path "
+            "(package it afterwards with `nequip-package build`)"
+        )
+    config = HeadConfig(kind=head, **(head_options or {}))
+    if is_package(model_path):
+        ck = checkpoint_from_package(model_path, train_file, valid_file, forces_key)
+    else:
+        ck = load_checkpoint(model_path)
+    backbone = backbone_config(ck["hyper_parameters"]["model"], replace, model_path)
+    model_config = attached_model_config(backbone, config, feature_layer)
+    types = list(backbone["type_names"])
+    unknown_types = [t for t in types if t not in atomic_numbers]
+    if unknown_types:
+        raise AttachError(
+            f"the model's type names {unknown_types} are not chemical symbols; eip-attach maps "
+            "each element to the type of the same name"
+        )
+    known = {atomic_numbers[t] for t in types}
+    train_frames = read_labelled(train_file, forces_key, known)
+    valid_frames = read_labelled(valid_file, forces_key, known) if valid_file else None
+
+    original = load_original(model_path)
+    try:
+        module, hp = build_training_module(ck, model_config)
+    except ValueError as err:  # e.g. feature_layer out of range, no 1o features
+        raise AttachError(str(err)) from err
+    attached = _sole_model(module.model, model_path)
+    copy_backbone(original, attached)
+    attached.eval()
+    for p in attached.parameters():
+        p.requires_grad_(False)
+    check_frames = (valid_frames or train_frames)[:4]
+    check_identical(original, attached, check_frames, forces_key)
+
+    torch.manual_seed(seed)
+    train = extract_features(attached, train_frames, forces_key, batch_size)
+    valid = (
+        extract_features(attached, valid_frames, forces_key, batch_size) if valid_frames else None
+    )
+    head_module = attached.model.head
+    for p in head_module.parameters():
+        p.requires_grad_(True)
+    report = train_attached_head(
+        head_module, train, valid, max_epochs, lr, patience, seed, progress
+    )
+    head_module.eval()
+    _sync_ema(module)
+
+    def write(tmp: str) -> None:
+        # no optimizer state: it belonged to the backbone's training, not to this model
+        out = {k: v for k, v in ck.items() if k not in ("optimizer_states", "lr_schedulers")}
+        out["state_dict"] = module.state_dict()
+        out["hyper_parameters"] = hp
+        torch.save(out, tmp)
+
+    def verify(tmp: str) -> None:
+        check_identical(original, load_original(tmp), check_frames, forces_key)
+
+    atomic_write(output, write, verify)
+    return {
+        "head": head,
+        "features": feature_layer_description(attached),
+        **report,
+        "output": str(output),
+    }
+
+
+def _sync_ema(module) -> None:
+    """Make the EMA copy (what NequIP evaluates) equal the weights just set."""
+    ema = getattr(module, "ema", None)
+    if ema is None:
+        return
+    ema.num_updates = 0
+    ema.update_parameters(module.model)  # the first update copies
