@@ -120,16 +120,11 @@ def fit_head(
 
 
 def train_attached_head(
-    head: nn.Module,
-    train: FeatureCache,
-    valid: FeatureCache | None = None,
-    max_epochs: int = 200,
-    lr: float = 5e-3,
-    patience: int = 20,
-    seed: int = 0,
-    progress: bool | None = None,
+    head: nn.Module, train: FeatureCache, valid: FeatureCache | None = None, **fit_options
 ) -> dict:
     """Initialise psi0 from the backbone's residuals, fit ``head`` and report before/after.
+
+    ``fit_options``: the keyword arguments of :func:`fit_head` (``max_epochs``, ``lr``, ...).
 
     Returns a dict with ``best_epoch``, ``epochs_run``, ``evaluated_on`` (``"valid"`` or
     ``"train"``), ``before`` (backbone force MAE, eV/A) and ``after`` (:func:`evaluate_head`).
@@ -139,7 +134,7 @@ def train_attached_head(
     if covariance is not None:
         covariance.set_psi0(initial_psi0(train))
     try:
-        fit = fit_head(head, train, valid, max_epochs, lr, patience, seed, progress)
+        fit = fit_head(head, train, valid, **fit_options)
         head.eval()
         report_cache = valid if valid is not None else train
         after = evaluate_head(head, report_cache)

@@ -167,7 +167,16 @@ def attach_head(
     # the evidential head is fit to this MACE head's forces: calculators default to it
     model.eip_mace_head = select_mace_head(list(backbone.heads), mace_head)
     model.head.to(next(backbone.parameters()).dtype)
-    report = train_attached_head(model.head, train, valid, max_epochs, lr, patience, seed, progress)
+    report = train_attached_head(
+        model.head,
+        train,
+        valid,
+        max_epochs=max_epochs,
+        lr=lr,
+        patience=patience,
+        seed=seed,
+        progress=progress,
+    )
     model.eval()
     atomic_write(output, lambda tmp: torch.save(model, tmp))
     return {

@@ -448,7 +448,14 @@ def attach_head(
     for p in head_module.parameters():
         p.requires_grad_(True)
     report = train_attached_head(
-        head_module, train, valid, max_epochs, lr, patience, seed, progress
+        head_module,
+        train,
+        valid,
+        max_epochs=max_epochs,
+        lr=lr,
+        patience=patience,
+        seed=seed,
+        progress=progress,
     )
     head_module.eval()
     _sync_ema(module)

@@ -7,6 +7,8 @@ times things (interleaved rounds, medians) and runs the frameworks' CLIs with th
 
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import logging
 import math
@@ -449,3 +451,71 @@ def load_arrays(path: Path) -> dict:
             method, split, key = name.split("|")
             out.setdefault(method, {}).setdefault(split, {})[key] = data[name]
     return out
+
+
+# -- one framework part: arguments and driver ------------------------------------------------------
+def part_parser(description: str) -> argparse.ArgumentParser:
+    """Arguments shared by ``mace_part`` and ``nequip_part``."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--data", type=Path, required=True, help="data folder (examples.benchmark.data)")
+    p.add_argument("--out", type=Path, default=Path("benchmark_out"))
+    p.add_argument("--quick", action="store_true", help="tiny models, 2 epochs")
+    p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
+    p.add_argument("--jobs", type=int, default=2, help="trainings run at the same time")
+    p.add_argument("--members", type=int, default=None, help="ensemble size (default 4)")
+    p.add_argument("--reuse", action="store_true", help="reuse models already trained in --out")
+    return p
+
+
+def part_settings(parser: argparse.ArgumentParser, args, settings):
+    """Resolve paths, set up logging/threads and apply --epochs / --members to ``settings``."""
+    args.data, args.out = args.data.resolve(), args.out.resolve()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.epochs is not None:
+        settings = dataclasses.replace(settings, epochs=args.epochs)
+    if args.members is not None:
+        if args.members < 2:
+            parser.error("--members: an ensemble needs at least 2 members")
+        settings = dataclasses.replace(settings, members=args.members)
+    return settings
+
+
+def run_part(framework: str, args, settings, heads, part, notes: list[str]) -> dict:
+    """Train, evaluate and time one framework's methods; write ``results.json``/``arrays.npz``.
+
+    ``part``: the framework module, with ``train_all``, ``evaluate_all`` and ``time_inference``.
+    """
+    out = args.out / framework
+    t0 = time.perf_counter()
+    costs = part.train_all(args.data, out / "models", settings, args.jobs, args.reuse)
+    models = {
+        "plain": [costs["plain_0"]["model"]],
+        "ensemble": [costs[f"plain_{k}"]["model"] for k in range(settings.members)],
+        **{h: [costs[h]["model"]] for h in heads},
+    }
+    t_train = time.perf_counter() - t0
+    metrics, arrays = part.evaluate_all(args.data, models)
+    t_eval = time.perf_counter() - t0 - t_train
+    timings = part.time_inference(args.data, models, settings)
+    result = {
+        "framework": framework,
+        "settings": dataclasses.asdict(settings),
+        "data": str(args.data),
+        "methods": {m: {"models": models[m]} for m in models},
+        "metrics": metrics,
+        "training": training_costs(costs, heads, settings.members),
+        "training_runs": costs,
+        "inference": timings,
+        "wall_s": {"train": t_train, "evaluate": t_eval, "total": time.perf_counter() - t0},
+        "notes": [
+            "plain = ensemble member 0 (same seed as the heads)",
+            *notes,
+            "ensemble predictive: Gaussian, committee sample covariance (M-1) + "
+            f"{ENSEMBLE_JITTER:g} (eV/A)^2 I; sigma_i = sqrt(tr(cov)/3)",
+        ],
+    }
+    write_json(out / "results.json", result)
+    save_arrays(out / "arrays.npz", arrays)
+    LOG.info("%s part done in %.0f s -> %s", framework, time.perf_counter() - t0, out)
+    return result

@@ -12,13 +12,11 @@ Writes ``DIR/mace/results.json`` and ``DIR/mace/arrays.npz`` (per-atom sigma and
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -292,61 +290,12 @@ def time_inference(data: Path, models: dict[str, list[str]], s: MaceSettings) ->
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, required=True, help="data folder (examples.benchmark.data)")
-    p.add_argument("--out", type=Path, default=Path("benchmark_out"))
-    p.add_argument("--quick", action="store_true", help="tiny models, 2 epochs")
-    p.add_argument("--epochs", type=int, default=None, help="override the number of epochs")
-    p.add_argument("--jobs", type=int, default=2, help="trainings run at the same time")
-    p.add_argument("--members", type=int, default=None, help="ensemble size (default 4)")
-    p.add_argument("--reuse", action="store_true", help="reuse models already trained in --out")
-    args = p.parse_args(argv)
-    args.data, args.out = args.data.resolve(), args.out.resolve()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    # Workaround: MACEUQCalculator builds its input graph in torch's default dtype and casts it
-    # afterwards, so with a float32 default the positions are rounded to float32 even with
-    # default_dtype="float64" (MACECalculator builds it inside a float64 default-dtype context).
+    parser = common.part_parser(__doc__.split("\n\n")[0])
+    args = parser.parse_args(argv)
+    settings = common.part_settings(parser, args, QUICK if args.quick else MaceSettings())
+    # evaluation in float64 throughout (MACECalculator and MACEUQCalculator, default_dtype)
     torch.set_default_dtype(torch.float64)
-    settings = QUICK if args.quick else MaceSettings()
-    if args.epochs is not None:
-        settings = replace(settings, epochs=args.epochs)
-    if args.members is not None:
-        if args.members < 2:
-            p.error("--members: an ensemble needs at least 2 members")
-        settings = replace(settings, members=args.members)
-    out = args.out / "mace"
-    t0 = time.perf_counter()
-    costs = train_all(args.data, out / "models", settings, args.jobs, args.reuse)
-    models = {
-        "plain": [costs["plain_0"]["model"]],
-        "ensemble": [costs[f"plain_{k}"]["model"] for k in range(settings.members)],
-        **{h: [costs[h]["model"]] for h in HEADS},
-    }
-    t_train = time.perf_counter() - t0
-    metrics, arrays = evaluate_all(args.data, models)
-    t_eval = time.perf_counter() - t0 - t_train
-    timings = time_inference(args.data, models, settings)
-    result = {
-        "framework": "mace",
-        "settings": asdict(settings),
-        "data": str(args.data),
-        "methods": {m: {"models": models[m]} for m in models},
-        "metrics": metrics,
-        "training": common.training_costs(costs, HEADS, settings.members),
-        "training_runs": costs,
-        "inference": timings,
-        "wall_s": {"train": t_train, "evaluate": t_eval, "total": time.perf_counter() - t0},
-        "notes": [
-            "plain = ensemble member 0 (same seed as the heads)",
-            "ensemble predictive: Gaussian, committee sample covariance (M-1) + "
-            f"{common.ENSEMBLE_JITTER:g} (eV/A)^2 I; sigma_i = sqrt(tr(cov)/3)",
-        ],
-    }
-    common.write_json(out / "results.json", result)
-    common.save_arrays(out / "arrays.npz", arrays)
-    LOG.info("MACE part done in %.0f s -> %s", time.perf_counter() - t0, out / "results.json")
-    return result
+    return common.run_part("mace", args, settings, HEADS, sys.modules[__name__], notes=[])
 
 
 if __name__ == "__main__":

@@ -13,19 +13,16 @@ Writes ``DIR/nequip/results.json`` and ``DIR/nequip/arrays.npz``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
-import os
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from examples.benchmark import common
 from examples.benchmark.data import read_split
@@ -269,61 +266,16 @@ def time_inference(data: Path, models: dict[str, list[str]], s: NequipSettings) 
 
 
 def main(argv: list[str] | None = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", type=Path, required=True, help="data folder (examples.benchmark.data)")
-    p.add_argument("--out", type=Path, default=Path("benchmark_out"))
-    p.add_argument("--quick", action="store_true", help="tiny models, 2 epochs")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--heads", default=",".join(HEADS), help="comma-separated subset of heads")
-    p.add_argument("--jobs", type=int, default=2)
-    p.add_argument("--members", type=int, default=None, help="ensemble size (default 4)")
-    p.add_argument("--reuse", action="store_true")
-    args = p.parse_args(argv)
-    args.data, args.out = args.data.resolve(), args.out.resolve()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-    settings = QUICK if args.quick else NequipSettings()
+    parser = common.part_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--heads", default=",".join(HEADS), help="comma-separated subset")
+    args = parser.parse_args(argv)
+    settings = common.part_settings(parser, args, QUICK if args.quick else NequipSettings())
     settings = replace(settings, heads=tuple(h for h in args.heads.split(",") if h))
-    if args.epochs is not None:
-        settings = replace(settings, epochs=args.epochs)
-    if args.members is not None:
-        if args.members < 2:
-            p.error("--members: an ensemble needs at least 2 members")
-        settings = replace(settings, members=args.members)
-    out = args.out / "nequip"
-    t0 = time.perf_counter()
-    costs = train_all(args.data, out / "models", settings, args.jobs, args.reuse)
-    models = {
-        "plain": [costs["plain_0"]["model"]],
-        "ensemble": [costs[f"plain_{k}"]["model"] for k in range(settings.members)],
-        **{h: [costs[h]["model"]] for h in settings.heads},
-    }
-    t_train = time.perf_counter() - t0
-    metrics, arrays = evaluate_all(args.data, models)
-    t_eval = time.perf_counter() - t0 - t_train
-    timings = time_inference(args.data, models, settings)
-    result = {
-        "framework": "nequip",
-        "settings": asdict(settings),
-        "data": str(args.data),
-        "methods": {m: {"models": models[m]} for m in models},
-        "metrics": metrics,
-        "training": common.training_costs(costs, settings.heads, settings.members),
-        "training_runs": costs,
-        "inference": timings,
-        "wall_s": {"train": t_train, "evaluate": t_eval, "total": time.perf_counter() - t0},
-        "notes": [
-            "plain = ensemble member 0 (same seed as the heads)",
-            "training epoch time = nequip-train fit loop wall time / epochs (validation incl.)",
-            "models evaluated in their training precision (float32)",
-            "ensemble predictive: Gaussian, committee sample covariance (M-1) + "
-            f"{common.ENSEMBLE_JITTER:g} (eV/A)^2 I; sigma_i = sqrt(tr(cov)/3)",
-        ],
-    }
-    common.write_json(out / "results.json", result)
-    common.save_arrays(out / "arrays.npz", arrays)
-    LOG.info("NequIP part done in %.0f s -> %s", time.perf_counter() - t0, out / "results.json")
-    return result
+    notes = [
+        "training epoch time = nequip-train fit loop wall time / epochs (validation incl.)",
+        "models evaluated in their training precision (float32)",
+    ]
+    return common.run_part("nequip", args, settings, settings.heads, sys.modules[__name__], notes)
 
 
 if __name__ == "__main__":

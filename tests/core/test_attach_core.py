@@ -48,3 +48,30 @@ def test_head_learns_to_rank_errors_and_streaming_matches_memory(tmp_path):
     assert fit.best_valid_nll == min(h["valid_nll"] for h in fit.history)
     assert abs(fit.best_valid_nll - fit_s.best_valid_nll) < 1e-8
     streamed.close()
+
+
+def test_atomic_write_keeps_the_old_file_when_verification_fails(tmp_path):
+    import os
+
+    import pytest
+
+    from eip_plugins.attach import atomic_write
+
+    out = tmp_path / "model.ckpt"
+    out.write_bytes(b"previous model")
+
+    def bad(tmp):
+        raise RuntimeError("reloaded model differs")
+
+    with pytest.raises(RuntimeError, match="differs"):
+        atomic_write(out, lambda tmp: open(tmp, "wb").write(b"new"), verify=bad)
+    assert out.read_bytes() == b"previous model"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ckpt"]  # no temporary left
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(out, lambda tmp: open(tmp, "wb").write(b"new"), verify=lambda tmp: None)
+    finally:
+        os.umask(old)
+    assert out.read_bytes() == b"new"
+    assert (out.stat().st_mode & 0o777) == 0o644  # not mkstemp's 0600

@@ -266,3 +266,16 @@ def test_multi_head_model(multi_head_model, data, tmp_path):
     np.testing.assert_array_equal(forces[0], forces[1])
     with pytest.raises(ValueError, match=r"head 'pbe' is not one of the model's heads"):
         MACEUQCalculator(model_paths=str(out), head="pbe")
+
+
+def test_select_mace_head_follows_mace_calculator():
+    from eip_plugins.mace.heads import select_mace_head
+
+    assert select_mace_head(["Default"]) == "Default"
+    assert select_mace_head(["pt_head", "Default"]) == "Default"
+    assert select_mace_head(["pt_head", "Default"], trained_on="pt_head") == "pt_head"
+    assert select_mace_head(["a", "b"], requested="b", trained_on="a") == "b"
+    with pytest.raises(ValueError, match=r"several heads \['a', 'b'\] and none is named"):
+        select_mace_head(["a", "b"])
+    with pytest.raises(ValueError, match=r"head 'c' is not one of the model's heads \['a', 'b'\]"):
+        select_mace_head(["a", "b"], requested="c")
