@@ -34,6 +34,12 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max_atoms_in_memory",
+        type=int,
+        default=2_000_000,
+        help="cached features of more atoms than this are streamed from a temporary folder",
+    )
     p.add_argument("--eip_hidden", type=int, default=None, help="head width")
     p.add_argument("--eip_lambda", type=float, default=None, help="evidence regulariser weight")
     p.add_argument("--eip_quantile", type=float, default=None, help="eip quantile q in (0, 1)")
@@ -83,6 +89,7 @@ def _attach(args) -> dict:
         "lr": args.lr,
         "batch_size": args.batch_size,
         "seed": args.seed,
+        "max_atoms_in_memory": args.max_atoms_in_memory,
         "progress": sys.stderr.isatty(),
     }
     if args.framework == "mace":

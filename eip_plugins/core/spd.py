@@ -21,8 +21,15 @@ def symmetric_traceless_basis(dtype: torch.dtype = torch.float32) -> Tensor:
     Returns:
         (5, 3, 3) tensor Q with T_ij = sum_k t_k Q_kij for a 2e irrep t of shape (5,).
     """
-    ct = io.CartesianTensor("ij=ji")
-    full = ct.to_cartesian(torch.eye(6, dtype=torch.float64))  # (6, 3, 3): rows 0e, then 2e
+    # e3nn builds its change of basis in the default dtype: float64 here, so that the basis is
+    # exact to ~1e-15 (built in float32, e3nn 0.4.4's basis rotates with a 1e-8 error)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        ct = io.CartesianTensor("ij=ji")
+        full = ct.to_cartesian(torch.eye(6, dtype=torch.float64))  # (6, 3, 3): rows 0e, then 2e
+    finally:
+        torch.set_default_dtype(previous)
     return full[1:].to(dtype)
 
 

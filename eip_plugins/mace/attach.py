@@ -138,6 +138,7 @@ def attach_head(
     lr: float = 5e-3,
     batch_size: int = 16,
     seed: int = 0,
+    max_atoms_in_memory: int = 2_000_000,
     progress: bool = True,
 ) -> dict:
     """Attach, train and save. Returns a before/after report on the validation data.
@@ -157,9 +158,10 @@ def attach_head(
         p.requires_grad_(False)
 
     torch.manual_seed(seed)
-    train = extract_features(backbone, train_frames, forces_key, mace_head, batch_size)
+    budget = {"max_atoms_in_memory": max_atoms_in_memory}
+    train = extract_features(backbone, train_frames, forces_key, mace_head, batch_size, **budget)
     valid = (
-        extract_features(backbone, valid_frames, forces_key, mace_head, batch_size)
+        extract_features(backbone, valid_frames, forces_key, mace_head, batch_size, **budget)
         if valid_frames
         else None
     )

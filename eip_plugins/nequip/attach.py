@@ -392,6 +392,7 @@ def attach_head(
     lr: float = 5e-3,
     batch_size: int = 16,
     seed: int = 0,
+    max_atoms_in_memory: int = 2_000_000,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Attach, train, verify and save. Returns a before/after report on the validation data.
@@ -440,9 +441,12 @@ def attach_head(
     check_identical(original, attached, check_frames, forces_key)
 
     torch.manual_seed(seed)
-    train = extract_features(attached, train_frames, forces_key, batch_size)
+    budget = {"max_atoms_in_memory": max_atoms_in_memory}
+    train = extract_features(attached, train_frames, forces_key, batch_size, **budget)
     valid = (
-        extract_features(attached, valid_frames, forces_key, batch_size) if valid_frames else None
+        extract_features(attached, valid_frames, forces_key, batch_size, **budget)
+        if valid_frames
+        else None
     )
     head_module = attached.model.head
     for p in head_module.parameters():

@@ -481,10 +481,47 @@ def part_settings(parser: argparse.ArgumentParser, args, settings):
     return settings
 
 
+ATTACHED = "e2ip_attached"  # an e2ip head given to the plain model by eip-attach (frozen backbone)
+
+
+def attach_to_plain(
+    framework: str, plain_model: str, data: Path, workdir: Path, output_name: str, settings, reuse
+) -> dict:
+    """``eip-attach <framework>`` on the plain model (ensemble member 0): the use case "I
+    already have a trained model". Returns the output model, wall time, peak RSS and report."""
+    out, report = workdir / output_name, workdir / "attach_report.json"
+    cost_file = workdir / "cost.json"
+    if not (reuse and out.exists() and report.exists() and cost_file.exists()):
+        cmd = [
+            Path(sys.executable).parent / "eip-attach",
+            framework,
+            f"--model={plain_model}",
+            f"--train_file={data / 'train.xyz'}",
+            f"--valid_file={data / 'valid.xyz'}",
+            "--head=e2ip",
+            f"--max_epochs={settings.attach_epochs}",
+            f"--output={out}",
+            f"--report={report}",
+        ]
+        env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+        result = run_measured(cmd, workdir / "attach.log", env=env, cwd=workdir)
+        if result["returncode"] != 0:
+            raise RuntimeError(f"eip-attach failed; log:\n{tail(workdir / 'attach.log')}")
+        write_json(cost_file, result)
+    cost = json.loads(cost_file.read_text())
+    return {
+        "model": str(out),
+        "wall_s": cost["wall_s"],
+        "peak_rss_mb": cost["peak_rss_mb"],
+        "report": json.loads(report.read_text()),
+    }
+
+
 def run_part(framework: str, args, settings, heads, part, notes: list[str]) -> dict:
     """Train, evaluate and time one framework's methods; write ``results.json``/``arrays.npz``.
 
-    ``part``: the framework module, with ``train_all``, ``evaluate_all`` and ``time_inference``.
+    ``part``: the framework module, with ``train_all``, ``evaluate_all``, ``time_inference`` and
+    ``ATTACHED_FILE`` (the file name ``eip-attach`` writes).
     """
     out = args.out / framework
     t0 = time.perf_counter()
@@ -494,22 +531,36 @@ def run_part(framework: str, args, settings, heads, part, notes: list[str]) -> d
         "ensemble": [costs[f"plain_{k}"]["model"] for k in range(settings.members)],
         **{h: [costs[h]["model"]] for h in heads},
     }
+    attach = attach_to_plain(
+        framework,
+        models["plain"][0],
+        args.data,
+        out / "models" / ATTACHED,
+        part.ATTACHED_FILE,
+        settings,
+        args.reuse,
+    )
+    models[ATTACHED] = [attach["model"]]
     t_train = time.perf_counter() - t0
     metrics, arrays = part.evaluate_all(args.data, models)
     t_eval = time.perf_counter() - t0 - t_train
     timings = part.time_inference(args.data, models, settings)
+    training = training_costs(costs, heads, settings.members)
+    training[ATTACHED] = {"attach_wall_s": attach["wall_s"], "peak_rss_mb": attach["peak_rss_mb"]}
     result = {
         "framework": framework,
         "settings": dataclasses.asdict(settings),
         "data": str(args.data),
         "methods": {m: {"models": models[m]} for m in models},
         "metrics": metrics,
-        "training": training_costs(costs, heads, settings.members),
+        "training": training,
         "training_runs": costs,
+        "attach": attach,
         "inference": timings,
         "wall_s": {"train": t_train, "evaluate": t_eval, "total": time.perf_counter() - t0},
         "notes": [
             "plain = ensemble member 0 (same seed as the heads)",
+            f"{ATTACHED} = eip-attach e2ip on the plain model (frozen backbone, head only)",
             *notes,
             "ensemble predictive: Gaussian, committee sample covariance (M-1) + "
             f"{ENSEMBLE_JITTER:g} (eV/A)^2 I; sigma_i = sqrt(tr(cov)/3)",

@@ -26,6 +26,8 @@ from examples.benchmark import common
 
 LOG = logging.getLogger("benchmark.mace")
 HEADS = ("e2ip", "eip", "mve")
+EVALUATED_HEADS = (*HEADS, common.ATTACHED)  # trained heads + the head attached to plain
+ATTACHED_FILE = "e2ip_attached.model"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class MaceSettings:
     members: int = 4  # deep-ensemble size
     timing_structures: int = 20
     timing_rounds: int = 10
+    attach_epochs: int = 200  # eip-attach head epochs (early stopping on the validation NLL)
 
 
 QUICK = MaceSettings(
@@ -55,6 +58,7 @@ QUICK = MaceSettings(
     batch_size=4,
     timing_structures=6,
     timing_rounds=3,
+    attach_epochs=3,
 )
 
 
@@ -200,7 +204,7 @@ def _predict(calc, frames, method: str) -> list[dict]:
         if method == "ensemble":
             comm = np.asarray(res["forces_comm"])
             row.update(common.ensemble_row(comm))
-        elif method in HEADS:
+        elif method in EVALUATED_HEADS:
             row["sigma"] = np.asarray(res[keys.FORCES_UNCERTAINTY])
             cov_key = keys.FORCES_ALEATORIC_COV if method == "mve" else keys.FORCES_EPISTEMIC_COV
             row["cov"] = np.asarray(res[cov_key])
@@ -214,7 +218,7 @@ def _predict(calc, frames, method: str) -> list[dict]:
 def evaluate_all(data: Path, models: dict[str, list[str]]) -> tuple[dict, dict]:
     """Metrics per method and split (:func:`common.evaluate_splits`)."""
     calcs = {"ensemble": _calc_plain(models["ensemble"])}
-    calcs.update({h: _calc_head(models[h][0]) for h in HEADS if h in models})
+    calcs.update({h: _calc_head(models[h][0]) for h in EVALUATED_HEADS if h in models})
     return common.evaluate_splits(data, calcs, _predict, LOG)
 
 
@@ -272,7 +276,7 @@ def time_inference(data: Path, models: dict[str, list[str]], s: MaceSettings) ->
         return run
 
     calcs = {"plain": _calc_plain(models["plain"]), "ensemble": _calc_plain(models["ensemble"])}
-    calcs.update({h: _calc_head(models[h][0]) for h in HEADS if h in models})
+    calcs.update({h: _calc_head(models[h][0]) for h in EVALUATED_HEADS if h in models})
     atoms_list = [f.copy() for f in frames]
 
     def calc_fn(calc):

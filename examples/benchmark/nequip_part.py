@@ -32,6 +32,8 @@ REPO = Path(__file__).resolve().parents[2]
 PLAIN_CONFIG_DIR = Path(__file__).resolve().parent / "nequip_configs"
 EIP_CONFIG_DIR = REPO / "configs"
 HEADS = ("e2ip", "eip", "mve")
+EVALUATED_HEADS = (*HEADS, common.ATTACHED)  # trained heads + the head attached to plain
+ATTACHED_FILE = "e2ip_attached.ckpt"
 
 
 @dataclass(frozen=True)
@@ -50,10 +52,17 @@ class NequipSettings:
     heads: tuple[str, ...] = HEADS
     timing_structures: int = 20
     timing_rounds: int = 10
+    attach_epochs: int = 200  # eip-attach head epochs (early stopping on the validation NLL)
 
 
 QUICK = NequipSettings(
-    num_layers=2, num_features=8, epochs=2, batch_size=4, timing_structures=6, timing_rounds=3
+    num_layers=2,
+    num_features=8,
+    epochs=2,
+    batch_size=4,
+    timing_structures=6,
+    timing_rounds=3,
+    attach_epochs=3,
 )
 
 
@@ -219,7 +228,7 @@ def _predict(calcs, frames, method: str) -> list[dict]:
 def evaluate_all(data: Path, models: dict[str, list[str]]) -> tuple[dict, dict]:
     """Metrics per method and split (:func:`common.evaluate_splits`)."""
     calcs: dict = {"ensemble": [_calc_plain(p) for p in models["ensemble"]]}
-    calcs.update({h: _calc_head(models[h][0]) for h in HEADS if h in models})
+    calcs.update({h: _calc_head(models[h][0]) for h in EVALUATED_HEADS if h in models})
     return common.evaluate_splits(data, calcs, _predict, LOG)
 
 
@@ -235,7 +244,7 @@ def time_inference(data: Path, models: dict[str, list[str]], s: NequipSettings) 
     frames = common.timing_frames(data, s.timing_structures)
     calcs = {"plain": [_calc_plain(models["plain"][0])]}
     calcs["ensemble"] = [_calc_plain(p) for p in models["ensemble"]]
-    calcs.update({h: [_calc_head(models[h][0])] for h in HEADS if h in models})
+    calcs.update({h: [_calc_head(models[h][0])] for h in EVALUATED_HEADS if h in models})
     graphs = [calcs["plain"][0].atoms_to_data(f.copy()) for f in frames]
 
     def model_fn(cs):

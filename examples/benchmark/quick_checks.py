@@ -14,13 +14,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .common import METRICS
+from .common import ATTACHED, METRICS
 
 REPO = Path(__file__).resolve().parents[2]
-UQ_METHODS = ("ensemble", "ensemble_iso", "e2ip", "eip", "mve")
+UQ_METHODS = ("ensemble", "ensemble_iso", "e2ip", "eip", "mve", ATTACHED)
 METHODS = ("plain", *UQ_METHODS)
 COSTED = ("plain", "ensemble", "e2ip", "eip", "mve")  # ensemble_iso: the ensemble's models
-EQUIVARIANT = ("ensemble", "ensemble_iso", "e2ip", "mve")
+EQUIVARIANT = ("ensemble", "ensemble_iso", "e2ip", "mve", ATTACHED)
 SPLITS = ("test_300K", "test_hot", "test_unseen")
 
 
@@ -97,11 +97,23 @@ def check_cost_ratios(results: dict) -> None:
     assert rounds == {results["settings"]["timing_rounds"]}
 
 
+def check_attached_head_keeps_the_backbone(results: dict) -> None:
+    """eip-attach on the plain model: the same forces (so the same MAE on every split)."""
+    attach = results["attach"]
+    assert attach["report"]["before"]["force_mae"] == attach["report"]["after"]["force_mae"]
+    assert _finite(attach["wall_s"]) and attach["wall_s"] > 0
+    for split in SPLITS:
+        plain = results["metrics"]["plain"][split]["force_mae"]
+        attached = results["metrics"][ATTACHED][split]["force_mae"]
+        assert math.isclose(attached, plain, rel_tol=1e-9), (split, attached, plain)
+
+
 def check_report_tables_and_plots(results: dict, framework: str, out: Path) -> None:
     from .report import write_report
 
     text = write_report(out, {framework: results}, {"summary": "test"})
-    for label in ("plain", "ensemble ×2", "ensemble ×2 (iso.)", "e2ip", "eip", "mve"):
+    labels = ("plain", "ensemble ×2", "ensemble ×2 (iso.)", "e2ip", "eip", "mve", "e2ip attached")
+    for label in labels:
         assert f"| {label} |" in text
     rows = [line for line in text.splitlines() if "| ensemble ×2 |" in line]
     assert rows and all("–" not in line for line in rows)  # every metric filled in

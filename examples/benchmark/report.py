@@ -9,13 +9,14 @@ import numpy as np
 
 from examples.benchmark import common
 
-METHOD_ORDER = ("plain", "ensemble", "ensemble_iso", "e2ip", "eip", "mve")
+METHOD_ORDER = ("plain", "ensemble", "ensemble_iso", "e2ip", "eip", "mve", common.ATTACHED)
 METHOD_LABEL = {
     "plain": "plain",
     "ensemble": "ensemble",
     "e2ip": "e2ip",
     "eip": "eip",
     "mve": "mve",
+    common.ATTACHED: "e2ip attached",
 }
 SPLIT_LABEL = {
     "test_300K": "300 K (in distr.)",
@@ -191,6 +192,13 @@ def write_report(out: Path, parts: dict, header: dict) -> str:
             "median CPU time over interleaved rounds):\n"
         )
         sections.append(cost_table(part) + "\n")
+        attach = part.get("attach")
+        if attach:
+            sections.append(
+                f"e2ip attached: `eip-attach` on the plain model took {attach['wall_s']:.0f} s "
+                f"wall (features cached once, {attach['report']['epochs_run']} head epochs, peak "
+                f"RSS {attach['peak_rss_mb']:.0f} MB); it trains nothing else.\n"
+            )
         arrays_path = out / name / "arrays.npz"
         if arrays_path.exists():
             figures += plots(out, name, part, common.load_arrays(arrays_path))

@@ -42,3 +42,31 @@ def test_closed_form_inverse_and_log_det():
     eye = torch.eye(3, dtype=torch.float64).expand(50, 3, 3)
     torch.testing.assert_close(psi @ psi_inv, eye, rtol=0, atol=1e-10)
     torch.testing.assert_close(log_det, torch.logdet(psi), rtol=1e-10, atol=1e-10)
+
+
+def test_basis_is_symmetric_traceless_and_rotates_as_2e_to_float64_precision():
+    """sum_k (D(R) t)_k Q_k == R (sum_k t_k Q_k) R^T, with D(R) the 2e Wigner matrix, built under
+    a float32 default dtype (as in MACE's float32 training) yet exact to ~1e-14."""
+    from eip_plugins.core._e3nn import o3
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float32)
+    try:
+        q = symmetric_traceless_basis(torch.float64)
+    finally:
+        torch.set_default_dtype(previous)
+    assert q.dtype == torch.float64 and q.shape == (5, 3, 3)
+    torch.testing.assert_close(q, q.transpose(-1, -2), rtol=0, atol=1e-14)
+    assert q.diagonal(dim1=-2, dim2=-1).sum(-1).abs().max() < 1e-15
+    torch.manual_seed(0)
+    torch.set_default_dtype(torch.float64)  # e3nn's Wigner D in float64
+    try:
+        for _ in range(5):
+            rot = o3.rand_matrix(dtype=torch.float64)
+            d = o3.Irrep("2e").D_from_matrix(rot)
+            t = torch.randn(5, dtype=torch.float64)
+            lhs = torch.einsum("k,kij->ij", d @ t, q)
+            rhs = rot @ torch.einsum("k,kij->ij", t, q) @ rot.T
+            torch.testing.assert_close(lhs, rhs, rtol=0, atol=1e-12)
+    finally:
+        torch.set_default_dtype(previous)

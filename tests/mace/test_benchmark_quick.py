@@ -42,5 +42,9 @@ def test_cost_ratios(bench):
     quick_checks.check_cost_ratios(bench["results"])
 
 
+def test_attached_head_keeps_the_backbone(bench):
+    quick_checks.check_attached_head_keeps_the_backbone(bench["results"])
+
+
 def test_report_tables_and_plots(bench):
     quick_checks.check_report_tables_and_plots(bench["results"], FRAMEWORK, bench["out"])

@@ -140,7 +140,8 @@ def test_attach_to_a_package_and_replace_the_head(attached, tmp_path):
     package = tmp_path / "plain.nequip.zip"
     run_cli([NEQUIP_PACKAGE, "build", attached["plain"], package], cwd=tmp_path)
     out = tmp_path / "from_package.ckpt"
-    _attach_cli(package, out, "--head", "eip", "--max_epochs", "3")
+    # features streamed from disk past 200 atoms (a data set larger than memory)
+    _attach_cli(package, out, "--head", "eip", "--max_epochs", "3", "--max_atoms_in_memory", "200")
     frames = ase.io.read(DATA / "ethanol_test_300K.xyz", ":5")
     a, b = _predict(attached["plain"], frames), _predict(out, frames)
     assert torch.equal(a["forces"], b["forces"]) and torch.equal(a["energy"], b["energy"])
