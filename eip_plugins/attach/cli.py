@@ -30,7 +30,9 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--replace", action="store_true", help="replace an existing head")
     p.add_argument("--forces_key", default="REF_forces", help="atoms.arrays key of the forces")
     p.add_argument("--max_epochs", type=int, default=200)
-    p.add_argument("--patience", type=int, default=20)
+    p.add_argument(
+        "--patience", type=int, default=50, help="epochs without a better validation NLL"
+    )
     p.add_argument("--lr", type=float, default=5e-3)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)

@@ -74,7 +74,7 @@ def fit_head(
     valid: FeatureCache | None = None,
     max_epochs: int = 200,
     lr: float = 5e-3,
-    patience: int = 20,
+    patience: int = 50,
     seed: int = 0,
     progress: bool | None = None,
 ) -> HeadFitResult:

@@ -134,7 +134,7 @@ def attach_head(
     mace_head: str | None = None,
     head_options: dict | None = None,
     max_epochs: int = 200,
-    patience: int = 20,
+    patience: int = 50,
     lr: float = 5e-3,
     batch_size: int = 16,
     seed: int = 0,
