@@ -40,7 +40,8 @@ log = logging.getLogger(__name__)
 def load_backbone(path, replace: bool = False) -> nn.Module:
     """Load an eager MACE model file; refuse non-MACE files and models that already have a head.
 
-    With ``replace``, a model that already has an evidential head gives back its backbone.
+    With ``replace``, a model that already has an evidential head gives back its backbone, which
+    keeps the MACE head the old evidential head was fit to as ``eip_previous_mace_head``.
     """
     path = Path(path)
     if not path.is_file():
@@ -63,7 +64,9 @@ def load_backbone(path, replace: bool = False) -> nn.Module:
                 f"{path} already has an evidential '{model.eip_head_kind}' head; pass --replace "
                 "to train a new head on its backbone"
             )
+        previous = getattr(model, "eip_mace_head", "") or None
         model = model.model
+        model.eip_previous_mace_head = previous
     if not isinstance(model, nn.Module) or not all(
         hasattr(model, a) for a in ("products", "atomic_numbers", "r_max")
     ):
@@ -123,6 +126,33 @@ def extract_features(
     return cache
 
 
+def _predict(model: nn.Module, frames, forces_key: str, mace_head: str | None) -> dict:
+    """Energies (G,) and forces (N, 3) of a MACE model (plain or with a head) on ``frames``."""
+    backbone = model.model if hasattr(model, "eip_head_kind") else model
+    out = {"energy": [], "forces": []}
+    for batch in _batches(backbone, frames, forces_key, mace_head, batch_size=len(frames)):
+        result = model(batch.to_dict(), training=False, compute_force=True)
+        out["energy"].append(result["energy"].detach())
+        out["forces"].append(result["forces"].detach())
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+def check_identical(original_path, written_path, frames, forces_key, mace_head, replace) -> None:
+    """RuntimeError unless the written model reproduces the input model's energies and forces
+    bit for bit (both loaded from disk, as a user loads them)."""
+    original = load_backbone(original_path, replace=replace)
+    written = torch.load(written_path, map_location="cpu", weights_only=False)
+    a = _predict(original.eval(), frames, forces_key, mace_head)
+    b = _predict(written.eval(), frames, forces_key, mace_head)
+    for key in ("energy", "forces"):
+        if not torch.equal(a[key], b[key]):
+            diff = float((a[key] - b[key]).abs().max())
+            raise RuntimeError(
+                f"the model with the head changes the backbone's {key} (max |diff| {diff:.3g}); "
+                "nothing was written"
+            )
+
+
 def attach_head(
     model_path,
     train_file,
@@ -151,6 +181,9 @@ def attach_head(
     check_output_path(model_path, output)
     config = HeadConfig(kind=head, **(head_options or {}))
     backbone = load_backbone(model_path, replace=replace)
+    if mace_head is None:  # --replace: by default the MACE head the old head was fit to
+        mace_head = backbone.__dict__.pop("eip_previous_mace_head", None)
+    backbone.__dict__.pop("eip_previous_mace_head", None)
     known = {int(z) for z in backbone.atomic_numbers}
     train_frames = read_labelled(train_file, forces_key, known)
     valid_frames = read_labelled(valid_file, forces_key, known) if valid_file else None
@@ -180,7 +213,12 @@ def attach_head(
         progress=progress,
     )
     model.eval()
-    atomic_write(output, lambda tmp: torch.save(model, tmp))
+    check_frames = (valid_frames or train_frames)[:4]
+    atomic_write(
+        output,
+        lambda tmp: torch.save(model, tmp),
+        lambda tmp: check_identical(model_path, tmp, check_frames, forces_key, mace_head, replace),
+    )
     return {
         "head": head,
         # MACE's concatenated node_feats: every layer's output (the last one scalars only)

@@ -267,6 +267,14 @@ def test_multi_head_model(multi_head_model, data, tmp_path):
     with pytest.raises(ValueError, match=r"head 'pbe' is not one of the model's heads"):
         MACEUQCalculator(model_paths=str(out), head="pbe")
 
+    from eip_plugins.mace.attach import attach_head
+
+    # --replace keeps the MACE head the old evidential head was fit to
+    replaced = tmp_path / "multi_mve.model"
+    rep = attach_head(out, data["tiny_train"], replaced, head="mve", replace=True, max_epochs=2)
+    assert rep["mace_head"] == "xtb"
+    assert MACEUQCalculator(model_paths=str(replaced)).head == "xtb"
+
 
 def test_select_mace_head_follows_mace_calculator():
     from eip_plugins.mace.heads import select_mace_head
