@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from ase import Atoms, units
+from ase.constraints import FixCom
 from ase.md.langevin import Langevin
 from ase.md.nvtberendsen import NVTBerendsen
 from ase.md.velocitydistribution import MaxwellBoltzmannDistribution, Stationary, ZeroRotation
@@ -90,11 +91,15 @@ def run_md(
         ZeroRotation(atoms)
     dt = settings.timestep_fs * units.fs
     if settings.thermostat == "langevin":
+        # the centre of mass is held by a constraint: Langevin's own `fixcm=True` is deprecated
+        # (ASE 3.28) as it does not sample NVT exactly
+        atoms.set_constraint([*atoms.constraints, FixCom()])
         dyn = Langevin(
             atoms,
             dt,
             temperature_K=settings.temperature_K,
             friction=settings.friction_per_fs / units.fs,
+            fixcm=False,
             rng=np.random.default_rng(settings.seed + 1),
         )
     else:
