@@ -39,7 +39,8 @@ def label_frames(
         try:
             atoms.calc = make_reference()
             energy = float(atoms.get_potential_energy())
-            forces = np.array(atoms.get_forces(), dtype=float)
+            # the reference's own forces: constraints (FixAtoms, FixCom) must not edit labels
+            forces = np.array(atoms.get_forces(apply_constraint=False), dtype=float)
         except Exception as err:  # noqa: BLE001 - any reference failure skips the frame
             reason = f"{type(err).__name__}: {err}".splitlines()[0]
             log.warning("reference calculation failed for frame %d (skipped): %s", i, reason)

@@ -84,6 +84,7 @@ def run_md(
     """
     atoms = atoms.copy()
     atoms.calc = calculator
+    user_constraints = list(atoms.constraints)  # recorded frames keep these, not our FixCom
     rng = np.random.default_rng(settings.seed)
     MaxwellBoltzmannDistribution(atoms, temperature_K=settings.temperature_K, rng=rng)
     Stationary(atoms)
@@ -140,6 +141,7 @@ def run_md(
             rows[key].append(value)
         frame = atoms.copy()
         frame.calc = None
+        frame.set_constraint([c.copy() for c in user_constraints])
         frame.info.update(uncertainty=res["uncertainty"], uncertainty_max=res["uncertainty_max"])
         traj.frames.append(frame)
         ok = np.isfinite(atoms.get_positions()).all() and np.isfinite(energy)

@@ -114,6 +114,39 @@ def test_labelling_skips_failures():
     assert "REF_energy" in labelled[0].info and labelled[0].arrays["REF_forces"].shape == (9, 3)
 
 
+def test_labels_are_the_reference_forces_whatever_the_constraints():
+    """Frames from constrained MD: labels are the raw reference forces, not constrained ones."""
+    from ase.constraints import FixAtoms, FixCom
+
+    frame = molecule("CH3CH2OH")
+    frame.rattle(0.05, seed=1)
+    frame.set_constraint([FixAtoms(indices=[0]), FixCom()])
+    (labelled,), _ = label_frames([frame], EMT)
+    raw = frame.copy()
+    raw.set_constraint()
+    raw.calc = EMT()
+    np.testing.assert_array_equal(labelled.arrays["REF_forces"], raw.get_forces())
+    assert np.abs(labelled.arrays["REF_forces"][0]).max() > 0  # FixAtoms would zero this row
+
+
+def test_md_frames_do_not_carry_the_thermostat_constraint():
+    """run_md holds the centre of mass with FixCom; the recorded frames keep only the user's
+    constraints (FixCom would silently edit forces computed on them later)."""
+    from ase.constraints import FixAtoms, FixCom
+
+    from eip_plugins.dynamics import run_md
+
+    start = molecule("CH3CH2OH")
+    start.set_constraint(FixAtoms(indices=[8]))
+    traj = run_md(start, ToyUQCalculator(), MDSettings(steps=4, record_every=2), progress=False)
+    assert len(traj.frames) == 3
+    for f in traj.frames:
+        assert [type(c) for c in f.constraints] == [FixAtoms]
+        assert not any(isinstance(c, FixCom) for c in f.constraints)
+    com = [f.get_center_of_mass() for f in traj.frames]
+    np.testing.assert_allclose(com[-1], com[0], atol=1e-8)
+
+
 def _base_training_set(path, n=5):
     frames = []
     for i in range(n):
