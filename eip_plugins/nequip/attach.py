@@ -69,8 +69,7 @@ def load_checkpoint(path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise AttachError(f"model file {path} does not exist")
-    name = path.name
-    if name.endswith(".nequip.pt2") or name.endswith(".pt2"):
+    if path.name.endswith(".pt2"):
         raise AttachError(
             f"{path} is a compiled (AOTInductor) model: its node features cannot be read. Give "
             "the checkpoint (best.ckpt) it was compiled from."
@@ -120,7 +119,7 @@ def checkpoint_from_package(path, train_file, valid_file, forces_key: str) -> di
         model_cfg["_target_"]
     except (TypeError, KeyError) as err:
         raise AttachError(f"{path}: its config.yaml has no training_module.model ({err})") from None
-    if "_target_" in model_cfg and model_cfg["_target_"].startswith("nequip.model.ModelFrom"):
+    if model_cfg["_target_"].startswith("nequip.model.ModelFrom"):
         raise AttachError(
             f"{path} was itself built from another saved model ({model_cfg['_target_']}); "
             "attach the head to that model instead"

@@ -189,6 +189,10 @@ def test_bad_input(attached, tmp_path):
     fake_pt2.write_bytes(b"")
     with pytest.raises(AttachError, match="compiled .AOTInductor. model"):
         attach_head(fake_pt2, train, out)
+    fake_package = tmp_path / "model.nequip.zip"
+    fake_package.write_bytes(b"PK not really a zip")
+    with pytest.raises(AttachError, match="is not a nequip-package file"):
+        attach_head(fake_package, train, out)
     with pytest.raises(AttachError, match="already has an evidential 'e2ip' head.*--replace"):
         attach_head(with_head, train, out)
 
