@@ -40,6 +40,7 @@ from ..attach import (
     read_labelled,
     train_attached_head,
 )
+from ..attach.verify import require_identical_predictions
 from ..core.config import HeadConfig
 from . import _fields
 
@@ -366,13 +367,7 @@ def check_identical(original: nn.Module, attached: nn.Module, frames, forces_key
     """RuntimeError unless energies and forces are bit-identical on ``frames``."""
     a = _predict(original, frames, forces_key)
     b = _predict(attached, frames, forces_key)
-    for key in ("energy", "forces"):
-        if not torch.equal(a[key], b[key]):
-            diff = float((a[key] - b[key]).abs().max())
-            raise RuntimeError(
-                f"the model with the head changes the backbone's {key} (max |diff| {diff:.3g}); "
-                "nothing was written"
-            )
+    require_identical_predictions(a, b)
 
 
 # -- the whole job ----------------------------------------------------------------------------------

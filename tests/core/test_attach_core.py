@@ -75,3 +75,16 @@ def test_atomic_write_keeps_the_old_file_when_verification_fails(tmp_path):
         os.umask(old)
     assert out.read_bytes() == b"new"
     assert (out.stat().st_mode & 0o777) == 0o644  # not mkstemp's 0600
+
+
+def test_a_one_ulp_force_change_is_refused():
+    import pytest
+
+    from eip_plugins.attach.verify import require_identical_predictions
+
+    before = {"energy": torch.tensor([-1.5]), "forces": torch.randn(4, 3)}
+    require_identical_predictions(before, {k: v.clone() for k, v in before.items()})
+    after = {k: v.clone() for k, v in before.items()}
+    after["forces"][2, 1] = torch.nextafter(after["forces"][2, 1], torch.tensor(1e9))
+    with pytest.raises(RuntimeError, match="changes the backbone's forces.*nothing was written"):
+        require_identical_predictions(before, after)
