@@ -355,6 +355,48 @@ def run_measured(cmd: list[str], log_path: Path, env: dict | None = None, cwd=No
 REPO = Path(__file__).resolve().parents[2]
 
 
+def train_models(
+    framework: str, specs: dict, env: dict, log_name: str, jobs: int, reuse: bool
+) -> dict[str, dict]:
+    """Run every training through :mod:`.timed_cli`, ``jobs`` at a time.
+
+    ``specs``: job name -> (work folder, CLI command, model file the command writes). With
+    ``reuse``, a job whose model file exists is not run again. Returns job name -> measured cost
+    (``returncode``, ``wall_s``, ``peak_rss_mb``; kept in ``cost.json`` for ``--reuse``) plus
+    ``model``; skipped jobs are left out. RuntimeError with the log's tail if a training failed.
+    """
+    runs = {}
+    for name, (workdir, cmd, model) in specs.items():
+        if reuse and model.exists():
+            continue
+        workdir.mkdir(parents=True, exist_ok=True)
+        timed, extra = timed_training(framework, cmd, workdir)
+        runs[name] = lambda cmd=timed, wd=workdir, extra=extra: run_measured(
+            cmd, wd / log_name, env={**env, **extra}, cwd=wd
+        )
+    LOG.info("training %d %s models, %d at a time", len(runs), framework, jobs)
+    t0 = time.perf_counter()
+    results = run_jobs(runs, max_workers=jobs)
+    LOG.info("trained in %.0f s", time.perf_counter() - t0)
+    costs = {}
+    for name, (workdir, cmd, model) in specs.items():
+        result = results.get(name)
+        if result is not None and (result["returncode"] != 0 or not model.exists()):
+            if result.get("skipped"):
+                continue
+            log = workdir / log_name
+            raise RuntimeError(
+                f"{Path(cmd[0]).name} for {name} failed (exit {result['returncode']}); "
+                f"log {log}:\n{tail(log)}"
+            )
+        cost_file = workdir / "cost.json"
+        if result is not None:  # trained now: keep wall time and peak RSS for --reuse
+            write_json(cost_file, result)
+        cost = json.loads(cost_file.read_text()) if cost_file.exists() else {}
+        costs[name] = {**cost, "model": str(model)}
+    return costs
+
+
 def timed_training(framework: str, cmd: list[str], workdir: Path) -> tuple[list[str], dict]:
     """The command and environment that run the CLI ``cmd`` through :mod:`.timed_cli`."""
     launcher = [sys.executable, "-m", "examples.benchmark.timed_cli", framework, *cmd]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,46 +133,24 @@ def train_all(data: Path, work: Path, s: MaceSettings, jobs: int, reuse: bool) -
         "PYTHONWARNINGS": "ignore",
         "EIP_PLUGINS_DISABLE": None,  # the --head hook must be active
     }
-    runs = {}
-    for name, (head, seed) in training_jobs(s).items():
-        workdir = work / name
-        if reuse and (workdir / f"{name}.model").exists():
-            continue
-        workdir.mkdir(parents=True, exist_ok=True)
-        cmd, extra = common.timed_training(
-            "mace", train_command(name, head, seed, data, workdir, s), workdir
+    specs = {
+        name: (
+            work / name,
+            train_command(name, head, seed, data, work / name, s),
+            work / name / f"{name}.model",
         )
-        runs[name] = lambda cmd=cmd, wd=workdir, extra=extra: common.run_measured(
-            cmd, wd / "train.log", env={**env, **extra}, cwd=wd
-        )
-    LOG.info("training %d MACE models, %d at a time", len(runs), jobs)
-    t0 = time.perf_counter()
-    results = common.run_jobs(runs, max_workers=jobs)
-    LOG.info("trained in %.0f s", time.perf_counter() - t0)
-    costs = {}
-    for name in training_jobs(s):
+        for name, (head, seed) in training_jobs(s).items()
+    }
+    costs = common.train_models("mace", specs, env, "train.log", jobs, reuse)
+    for name, cost in costs.items():
         workdir = work / name
-        model = workdir / f"{name}.model"
-        if name in results and (results[name]["returncode"] != 0 or not model.exists()):
-            if results[name].get("skipped"):
-                continue
-            raise RuntimeError(
-                f"mace_run_train for {name} failed (exit {results[name]['returncode']}); "
-                f"log {workdir / 'train.log'}:\n{common.tail(workdir / 'train.log')}"
-            )
         times = epoch_times(workdir / "results")
-        cost_file = workdir / "cost.json"
-        if name in results:  # trained now: keep wall time and peak RSS for --reuse
-            common.write_json(cost_file, results[name])
-        cost = json.loads(cost_file.read_text()) if cost_file.exists() else {}
         cost.update(
-            model=str(model),
             epochs=len(times) or s.epochs,
             # wall time of each epoch's optimiser steps, from MACE's own results file
             step_wall_s_per_epoch=times,
             **common.fit_costs(workdir, len(times) or s.epochs),
         )
-        costs[name] = cost
     return costs
 
 

@@ -13,11 +13,9 @@ Writes ``DIR/nequip/results.json`` and ``DIR/nequip/arrays.npz``.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import sys
-import time
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -137,44 +135,22 @@ def fit_seconds(log: Path) -> float:
 def train_all(data: Path, work: Path, s: NequipSettings, jobs: int, reuse: bool) -> dict:
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     e0s = fit_e0s(read_split(data, "train"))
-    runs = {}
-    for name, (head, seed) in training_jobs(s).items():
-        workdir = work / name
-        if reuse and (workdir / "best.ckpt").exists():
-            continue
-        workdir.mkdir(parents=True, exist_ok=True)
-        cmd, extra = common.timed_training(
-            "nequip", train_command(head, seed, data, workdir, s, e0s), workdir
+    specs = {
+        name: (
+            work / name,
+            train_command(head, seed, data, work / name, s, e0s),
+            work / name / "best.ckpt",
         )
-        runs[name] = lambda cmd=cmd, wd=workdir, extra=extra: common.run_measured(
-            cmd, wd / "stdout.log", env={**env, **extra}, cwd=wd
-        )
-    LOG.info("training %d NequIP models, %d at a time", len(runs), jobs)
-    t0 = time.perf_counter()
-    results = common.run_jobs(runs, max_workers=jobs)
-    LOG.info("trained in %.0f s", time.perf_counter() - t0)
-    costs = {}
-    for name in training_jobs(s):
+        for name, (head, seed) in training_jobs(s).items()
+    }
+    costs = common.train_models("nequip", specs, env, "stdout.log", jobs, reuse)
+    for name, cost in costs.items():
         workdir = work / name
-        ckpt = workdir / "best.ckpt"
-        if name in results and (results[name]["returncode"] != 0 or not ckpt.exists()):
-            if results[name].get("skipped"):
-                continue
-            raise RuntimeError(
-                f"nequip-train for {name} failed (exit {results[name]['returncode']}); "
-                f"log {workdir / 'stdout.log'}:\n{common.tail(workdir / 'stdout.log')}"
-            )
-        cost_file = workdir / "cost.json"
-        if name in results:
-            common.write_json(cost_file, results[name])
-        cost = json.loads(cost_file.read_text()) if cost_file.exists() else {}
         cost.update(
-            model=str(ckpt),
             epochs=s.epochs,
             log_fit_wall_s=fit_seconds(workdir / "train.log"),  # from nequip-train's own log
             **common.fit_costs(workdir, s.epochs),
         )
-        costs[name] = cost
     return costs
 
 
