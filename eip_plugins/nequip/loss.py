@@ -120,8 +120,8 @@ def _energy_term(preds, target, per_atom: bool) -> Tensor:
     )
 
 
-class EvidentialForceLoss(_MeanX):
-    """Running mean over atoms of the head's per-atom force loss (nats per atom)."""
+class _HeadLossMean(_MeanX):
+    """A running mean of a quantity of the head's loss under ``config``."""
 
     full_state_update = False
 
@@ -129,29 +129,28 @@ class EvidentialForceLoss(_MeanX):
         super().__init__(**kwargs)
         self.config = config
 
-    def update(self, preds: AtomicDataDict.Type, target: AtomicDataDict.Type) -> None:
+    def _force_loss(self, preds: AtomicDataDict.Type, target: AtomicDataDict.Type) -> Tensor:
+        """The head's per-atom force loss (N,) for one batch."""
         params = params_from_output(preds, self.config.kind)
         forces_ref = reference_forces(target).to(params[0].dtype)
-        super().update(per_atom_force_loss(params, forces_ref, self.config))
+        return per_atom_force_loss(params, forces_ref, self.config)
+
+
+class EvidentialForceLoss(_HeadLossMean):
+    """Running mean over atoms of the head's per-atom force loss (nats per atom)."""
+
+    def update(self, preds: AtomicDataDict.Type, target: AtomicDataDict.Type) -> None:
+        super().update(self._force_loss(preds, target))
 
     def __str__(self) -> str:
         return "evidential_force_loss"
 
 
-class EvidentialTotalLoss(_MeanX):
+class EvidentialTotalLoss(_HeadLossMean):
     """mean_atoms(force loss) + w |E_pred - E_ref| per batch, averaged over batches."""
 
-    full_state_update = False
-
-    def __init__(self, config: HeadConfig, **kwargs):
-        super().__init__(**kwargs)
-        self.config = config
-
     def update(self, preds: AtomicDataDict.Type, target: AtomicDataDict.Type) -> None:
-        params = params_from_output(preds, self.config.kind)
-        forces_ref = reference_forces(target).to(params[0].dtype)
-        force = per_atom_force_loss(params, forces_ref, self.config).mean()
-        total = force
+        total = self._force_loss(preds, target).mean()
         if self.config.energy_weight > 0.0:
             energy = _energy_term(preds, target, self.config.per_atom_energy)
             total = total + self.config.energy_weight * energy
