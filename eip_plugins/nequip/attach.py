@@ -295,17 +295,12 @@ def _batches(graph_model: nn.Module, frames, forces_key: str, batch_size: int):
     from nequip.data import AtomicDataDict, from_ase
     from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
 
+    # each element maps to the type of the same name (attach_head checked they are elements)
     type_names = list(graph_model.type_names)
-    try:
-        mapper = ChemicalSpeciesToAtomTypeMapper(
-            model_type_names=type_names,
-            chemical_species_to_atom_type_map={t: t for t in type_names},
-        )
-    except Exception as err:  # noqa: BLE001 - nequip raises on non-element type names
-        raise AttachError(
-            f"the model's type names {type_names} are not chemical symbols; eip-attach maps "
-            f"each element to the type of the same name ({err})"
-        ) from err
+    mapper = ChemicalSpeciesToAtomTypeMapper(
+        model_type_names=type_names,
+        chemical_species_to_atom_type_map={t: t for t in type_names},
+    )
     neighbors = NeighborListTransform(r_max=float(graph_model.metadata["r_max"]))
     for start in range(0, len(frames), batch_size):
         chunk = frames[start : start + batch_size]
