@@ -10,6 +10,9 @@ from .covariance_head import EquivariantCovarianceHead
 from .e2ip_head import EquivariantEvidentialHead
 from .eip_head import ComponentwiseEvidentialHead
 from .entropy import configurational_entropy
+from .feature_density import FeatureDensity, FeatureStatistics, FittedStatistics
+from .head_base import HeadBase
+from .invariants import InvariantFeatures
 from .losses import (
     energy_loss,
     evidential_force_nll,
@@ -23,6 +26,7 @@ from .mve_head import EquivariantGaussianHead
 from .objective import evidential_total_loss
 from .outputs import uncertainty_fields
 from .params import ForceUncertainty, GaussianParams, NIGParams, NIWParams
+from .recalibration import VarianceScale, fit_variance_scale, scale_params
 from .udd import UDDConfig, limit_bias_forces, udd_bias_energy, udd_bias_forces
 from .uncertainty import (
     gaussian_uncertainty,
@@ -38,18 +42,25 @@ __all__ = [
     "EquivariantCovarianceHead",
     "EquivariantEvidentialHead",
     "EquivariantGaussianHead",
+    "FeatureDensity",
+    "FeatureStatistics",
+    "FittedStatistics",
     "ForceUncertainty",
     "GaussianParams",
+    "HeadBase",
     "HeadConfig",
+    "InvariantFeatures",
     "NIGParams",
     "NIWParams",
     "UDDConfig",
+    "VarianceScale",
     "build_head",
     "configurational_entropy",
     "energy_loss",
     "evidential_force_nll",
     "evidential_force_regularizer",
     "evidential_total_loss",
+    "fit_variance_scale",
     "gaussian_force_nll",
     "gaussian_uncertainty",
     "keys",
@@ -58,6 +69,7 @@ __all__ = [
     "niw_evidence_regularizer",
     "niw_student_t_nll",
     "niw_uncertainty",
+    "scale_params",
     "structure_uncertainty",
     "tilted_loss",
     "udd_bias_energy",

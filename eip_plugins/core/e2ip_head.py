@@ -1,34 +1,42 @@
 """The e2IP head: Normal-Inverse-Wishart with an equivariant SPD scale matrix (SPEC §1b)."""
 
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from .config import HeadConfig
 from .covariance_head import EquivariantCovarianceHead, positive
+from .head_base import HeadBase
 from .losses import niw_evidence_regularizer, niw_student_t_nll
 from .outputs import uncertainty_fields
 from .params import ForceUncertainty, NIWParams
+from .recalibration import scale_niw
 from .uncertainty import niw_uncertainty
 
 _KAPPA_FLOOR = 1e-4
 
 
-class EquivariantEvidentialHead(nn.Module):
+class EquivariantEvidentialHead(HeadBase):
     """e2IP head: (mu0, kappa, nu_w, Psi) per atom with Psi(R x) = R Psi(x) R^T.
+
+    Density-aware evidence and recalibration (SPEC §1c): kappa = kappa_net D / (D + a d^2) with
+    d^2 the invariant feature distance of the atom (so Var[mu] grows with d^2, E[Sigma] does not,
+    and equivariance is kept), and Psi = c Psi_net. Both are identities until fitted.
 
     Args:
         irreps_in: irreps of the backbone node features (must contain 1o).
         config: head hyperparameters (``kind == "e2ip"``).
+        num_species: number of species of the per-element feature statistics.
 
     Forward:
-        node_feats (N, irreps_in.dim), forces (N, 3) eV/A -> :class:`NIWParams`.
+        node_feats (N, irreps_in.dim), forces (N, 3) eV/A, species (N,) int64 (optional) ->
+        :class:`NIWParams`.
     """
 
     kind: str = "e2ip"
 
-    def __init__(self, irreps_in, config: HeadConfig):
-        super().__init__()
+    def __init__(self, irreps_in, config: HeadConfig, num_species: int = 1):
+        super().__init__(irreps_in, num_species)
         self.covariance = EquivariantCovarianceHead(
             irreps_in,
             hidden=config.hidden,
@@ -42,11 +50,22 @@ class EquivariantEvidentialHead(nn.Module):
         self.kappa_floor = _KAPPA_FLOOR  # TorchScript cannot close over module-level floats
         self.lam = float(config.lam)
 
-    def forward(self, node_feats: Tensor, forces: Tensor) -> NIWParams:
+    def forward(
+        self, node_feats: Tensor, forces: Tensor, species: Optional[Tensor] = None
+    ) -> NIWParams:
+        return self.forward_with_distance(node_feats, forces, species)[0]
+
+    def forward_with_distance(
+        self, node_feats: Tensor, forces: Tensor, species: Optional[Tensor] = None
+    ) -> Tuple[NIWParams, Tensor]:
+        """The parameters and the squared feature distance d^2 (N,) they were built with."""
+        distance_sq = self.feature_distance_sq(node_feats, species)
         scalars, psi, psi_inv, log_det = self.covariance(node_feats)
         kappa = positive(scalars[:, 0], self.kappa_floor)
+        kappa = kappa * self.density.evidence_factor(distance_sq)
         nu_w = positive(scalars[:, 1], self.nu_w_floor)
-        return NIWParams(forces, kappa, nu_w, psi, psi_inv, log_det)
+        params = NIWParams(forces, kappa, nu_w, psi, psi_inv, log_det)
+        return scale_niw(params, self.variance_scale.scale), distance_sq
 
     def force_loss(self, params: NIWParams, forces_ref: Tensor) -> Tensor:
         """Per-atom force loss, Student-t NLL + lambda Reg: (N,)."""
@@ -59,8 +78,12 @@ class EquivariantEvidentialHead(nn.Module):
     def output_fields(self, params: NIWParams) -> Dict[str, Tensor]:
         return {"e2ip_kappa": params.kappa, "e2ip_nu_w": params.nu_w, "e2ip_psi": params.psi}
 
-    def fields(self, params: NIWParams, batch: Tensor, num_graphs: int) -> Dict[str, Tensor]:
-        """Uncertainty fields (:func:`uncertainty_fields`) plus the raw evidential parameters."""
+    def fields(
+        self, params: NIWParams, batch: Tensor, num_graphs: int, distance_sq: Tensor
+    ) -> Dict[str, Tensor]:
+        """Uncertainty fields (:func:`uncertainty_fields`), the raw evidential parameters and the
+        feature distance fields (:meth:`distance_fields`)."""
         out = uncertainty_fields(self.uncertainty(params), batch, num_graphs)
         out.update(self.output_fields(params))
+        out.update(self.distance_fields(distance_sq, batch, num_graphs))
         return out

@@ -4,17 +4,19 @@ This reproduces the eIP paper's reference head, which is deliberately *not* rota
 a small MLP acts on each Cartesian row of the vector features independently.
 """
 
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._e3nn import o3
 from .config import HeadConfig
+from .head_base import HeadBase
 from .irreps_features import check_feature_dim, vector_channel_index
 from .losses import evidential_force_nll, evidential_force_regularizer
 from .outputs import uncertainty_fields
 from .params import ForceUncertainty, NIGParams
+from .recalibration import scale_nig
 from .uncertainty import nig_uncertainty
 
 _ALPHA_FLOOR = 1e-5
@@ -29,21 +31,26 @@ class ShiftedSoftplus(nn.Module):
         return F.softplus(x) - 0.6931471805599453
 
 
-class ComponentwiseEvidentialHead(nn.Module):
+class ComponentwiseEvidentialHead(HeadBase):
     """eIP head: NIG parameters (gamma, nu, alpha, beta) per atom and Cartesian component.
+
+    Density-aware evidence and recalibration (SPEC §1c): nu = nu_net D / (D + a d^2) per
+    component, beta = c beta_net; identities until fitted.
 
     Args:
         irreps_in: irreps of the backbone node features; its 1o channels are used.
         config: head hyperparameters (``kind == "eip"``).
+        num_species: number of species of the per-element feature statistics.
 
     Forward:
-        node_feats (N, irreps_in.dim), forces (N, 3) eV/A -> :class:`NIGParams`, each (N, 3).
+        node_feats (N, irreps_in.dim), forces (N, 3) eV/A, species (N,) int64 (optional) ->
+        :class:`NIGParams`, each (N, 3).
     """
 
     kind: str = "eip"
 
-    def __init__(self, irreps_in, config: HeadConfig):
-        super().__init__()
+    def __init__(self, irreps_in, config: HeadConfig, num_species: int = 1):
+        super().__init__(irreps_in, num_species)
         self.irreps_in = str(o3.Irreps(irreps_in))
         self.feature_dim = o3.Irreps(irreps_in).dim
         self.register_buffer("vector_index", vector_channel_index(irreps_in), persistent=False)
@@ -55,15 +62,26 @@ class ComponentwiseEvidentialHead(nn.Module):
         self.alpha_floor, self.beta_floor, self.nu_floor = _ALPHA_FLOOR, _BETA_FLOOR, _NU_FLOOR
         self.lam = float(config.lam)
 
-    def forward(self, node_feats: Tensor, forces: Tensor) -> NIGParams:
+    def forward(
+        self, node_feats: Tensor, forces: Tensor, species: Optional[Tensor] = None
+    ) -> NIGParams:
+        return self.forward_with_distance(node_feats, forces, species)[0]
+
+    def forward_with_distance(
+        self, node_feats: Tensor, forces: Tensor, species: Optional[Tensor] = None
+    ) -> Tuple[NIGParams, Tensor]:
+        """The parameters and the squared feature distance d^2 (N,) they were built with."""
         check_feature_dim(node_feats, self.feature_dim)
+        distance_sq = self.feature_distance_sq(node_feats, species)
         n = node_feats.shape[0]
         vectors = node_feats[:, self.vector_index].reshape(n, -1, 3).transpose(1, 2)  # (N, 3, H)
         raw = self.mlp(vectors)  # (N, 3 components, 3 outputs)
         alpha = F.softplus(raw[..., 0]) + 1.0 + self.alpha_floor
         beta = F.softplus(raw[..., 1]) + self.beta_floor
         nu = F.softplus(raw[..., 2]) + self.nu_floor
-        return NIGParams(forces, nu, alpha, beta)
+        nu = nu * self.density.evidence_factor(distance_sq)[:, None]
+        params = NIGParams(forces, nu, alpha, beta)
+        return scale_nig(params, self.variance_scale.scale), distance_sq
 
     def force_loss(self, params: NIGParams, forces_ref: Tensor) -> Tensor:
         """Per-atom force loss, NLL + lambda Reg summed over x, y, z: (N,)."""
@@ -78,8 +96,11 @@ class ComponentwiseEvidentialHead(nn.Module):
         """Raw evidential parameters under the names of :mod:`eip_plugins.core.keys`."""
         return {"eip_nu": params.nu, "eip_alpha": params.alpha, "eip_beta": params.beta}
 
-    def fields(self, params: NIGParams, batch: Tensor, num_graphs: int) -> Dict[str, Tensor]:
-        """Uncertainty fields (:func:`uncertainty_fields`) plus the raw evidential parameters."""
+    def fields(
+        self, params: NIGParams, batch: Tensor, num_graphs: int, distance_sq: Tensor
+    ) -> Dict[str, Tensor]:
+        """Uncertainty fields, the raw evidential parameters and the feature distance fields."""
         out = uncertainty_fields(self.uncertainty(params), batch, num_graphs)
         out.update(self.output_fields(params))
+        out.update(self.distance_fields(distance_sq, batch, num_graphs))
         return out

@@ -19,3 +19,11 @@ PER_ATOM_UNCERTAINTY_KEYS = (FORCES_UNCERTAINTY, FORCES_EPISTEMIC_COV, FORCES_AL
 PER_STRUCTURE_UNCERTAINTY_KEYS = (UNCERTAINTY, UNCERTAINTY_MAX)
 
 RAW_PARAMETER_KEYS = (EIP_NU, EIP_ALPHA, EIP_BETA, E2IP_KAPPA, E2IP_NU_W, E2IP_PSI, MVE_COV)
+
+# Distance r of an atom's invariant features to the training atoms of its element (SPEC §1c):
+# a Mahalanobis distance normalised to an RMS of 1 over the training atoms, growing out of
+# distribution; 0 while the model has no fitted feature statistics.
+FORCES_FEATURE_DISTANCE = "forces_feature_distance"  # (N,), dimensionless
+FEATURE_DISTANCE = "feature_distance"  # (G,) mean_i over the structure
+FEATURE_DISTANCE_MAX = "feature_distance_max"  # (G,) max_i over the structure
+PER_STRUCTURE_DISTANCE_KEYS = (FEATURE_DISTANCE, FEATURE_DISTANCE_MAX)

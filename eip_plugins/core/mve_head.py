@@ -1,28 +1,35 @@
 """The MVE baseline: a heteroscedastic Gaussian with the same equivariant SPD covariance."""
 
-from typing import Dict
+from typing import Dict, Optional, Tuple
 
-from torch import Tensor, nn
+from torch import Tensor
 
 from .config import HeadConfig
 from .covariance_head import EquivariantCovarianceHead
+from .head_base import HeadBase
 from .losses import gaussian_force_nll
 from .outputs import uncertainty_fields
 from .params import ForceUncertainty, GaussianParams
+from .recalibration import scale_gaussian
 from .uncertainty import gaussian_uncertainty
 
 
-class EquivariantGaussianHead(nn.Module):
+class EquivariantGaussianHead(HeadBase):
     """MVE head: N(F_pred, Sigma) per atom with Sigma(R x) = R Sigma(x) R^T; no evidential prior.
 
+    It has no epistemic part, so the feature distance is reported but does not change Sigma
+    (it is the aleatoric-only baseline; examples/benchmark/README.md measures what scaling Sigma
+    by the density factor would do); recalibration gives Sigma = c Sigma_net.
+
     Forward:
-        node_feats (N, irreps_in.dim), forces (N, 3) eV/A -> :class:`GaussianParams`.
+        node_feats (N, irreps_in.dim), forces (N, 3) eV/A, species (N,) int64 (optional) ->
+        :class:`GaussianParams`.
     """
 
     kind: str = "mve"
 
-    def __init__(self, irreps_in, config: HeadConfig):
-        super().__init__()
+    def __init__(self, irreps_in, config: HeadConfig, num_species: int = 1):
+        super().__init__(irreps_in, num_species)
         self.covariance = EquivariantCovarianceHead(
             irreps_in,
             hidden=config.hidden,
@@ -33,9 +40,19 @@ class EquivariantGaussianHead(nn.Module):
         )
         self.irreps_in = self.covariance.irreps_in
 
-    def forward(self, node_feats: Tensor, forces: Tensor) -> GaussianParams:
+    def forward(
+        self, node_feats: Tensor, forces: Tensor, species: Optional[Tensor] = None
+    ) -> GaussianParams:
+        return self.forward_with_distance(node_feats, forces, species)[0]
+
+    def forward_with_distance(
+        self, node_feats: Tensor, forces: Tensor, species: Optional[Tensor] = None
+    ) -> Tuple[GaussianParams, Tensor]:
+        """The parameters and the squared feature distance d^2 (N,)."""
+        distance_sq = self.feature_distance_sq(node_feats, species)
         _, cov, cov_inv, log_det = self.covariance(node_feats)
-        return GaussianParams(forces, cov, cov_inv, log_det)
+        params = GaussianParams(forces, cov, cov_inv, log_det)
+        return scale_gaussian(params, self.variance_scale.scale), distance_sq
 
     def force_loss(self, params: GaussianParams, forces_ref: Tensor) -> Tensor:
         """Per-atom Gaussian NLL: (N,)."""
@@ -47,8 +64,11 @@ class EquivariantGaussianHead(nn.Module):
     def output_fields(self, params: GaussianParams) -> Dict[str, Tensor]:
         return {"mve_cov": params.cov}
 
-    def fields(self, params: GaussianParams, batch: Tensor, num_graphs: int) -> Dict[str, Tensor]:
-        """Uncertainty fields (:func:`uncertainty_fields`) plus the raw evidential parameters."""
+    def fields(
+        self, params: GaussianParams, batch: Tensor, num_graphs: int, distance_sq: Tensor
+    ) -> Dict[str, Tensor]:
+        """Uncertainty fields, the raw parameters and the feature distance fields."""
         out = uncertainty_fields(self.uncertainty(params), batch, num_graphs)
         out.update(self.output_fields(params))
+        out.update(self.distance_fields(distance_sq, batch, num_graphs))
         return out

@@ -31,12 +31,26 @@ class ToyBackbone(torch.nn.Module):
         return torch.cat([scalars, vectors.reshape(len(positions), -1)], dim=-1)
 
 
-def make_head(kind: str, irreps, seed: int = 0, **kwargs):
+def make_head(kind: str, irreps, seed: int = 0, num_species: int = 1, **kwargs):
     """A head with non-trivial (randomised, larger than default) output-layer weights."""
     torch.manual_seed(seed)
-    head = build_head(HeadConfig(kind=kind, hidden=8, **kwargs), irreps).double()
+    config = HeadConfig(kind=kind, hidden=8, **kwargs)
+    head = build_head(config, irreps, num_species=num_species).double()
     with torch.no_grad():
         for p in head.parameters():
             if p.dim() > 0:
                 p.normal_(0.0, 1.0 / math.sqrt(max(1, p.shape[-1])))
     return head
+
+
+def fit_random_statistics(head, num_species: int = 1, n: int = 200, seed: int = 5) -> None:
+    """Give ``head`` per-species feature statistics of random features (as a training set
+    would): r > 0 for new atoms, r^2 with mean 1 over these."""
+    from eip_plugins.core import FeatureStatistics
+
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(n, head.invariants.feature_dim, generator=g, dtype=torch.float64)
+    species = torch.arange(n) % num_species
+    stats = FeatureStatistics(num_species, head.density.dim)
+    stats.update(head.invariants(feats), species)
+    head.density.load_statistics(stats.finalize())

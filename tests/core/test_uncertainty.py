@@ -53,14 +53,16 @@ def test_structure_mean_and_max():
 
 def test_fields_have_documented_names_and_shapes():
     head = make_head("e2ip", IRREPS)
-    p = head(
+    p, distance_sq = head.forward_with_distance(
         torch.randn(5, IRREPS.dim, dtype=torch.float64), torch.zeros(5, 3, dtype=torch.float64)
     )
-    out = head.fields(p, torch.tensor([0, 0, 1, 1, 1]), 2)
+    out = head.fields(p, torch.tensor([0, 0, 1, 1, 1]), 2, distance_sq)
     assert out["forces_uncertainty"].shape == (5,)
     assert out["forces_epistemic_cov"].shape == (5, 3, 3)
     assert out["forces_aleatoric_cov"].shape == (5, 3, 3)
     assert out["uncertainty"].shape == (2,) and out["uncertainty_max"].shape == (2,)
+    assert out["forces_feature_distance"].shape == (5,)
+    assert out["feature_distance"].shape == (2,) and out["feature_distance_max"].shape == (2,)
     assert set(uncertainty_fields(head.uncertainty(p), torch.zeros(5, dtype=torch.long), 1)) <= set(
         out
     )

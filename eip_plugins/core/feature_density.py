@@ -1,0 +1,256 @@
+"""Per-element feature statistics and the distance of an atom to the training atoms (SPEC §1c,
+density-aware evidence).
+
+- :class:`FeatureStatistics` accumulates, per element (species index z), the count, mean and
+  covariance of invariant descriptors h (N, D) in float64, streaming over batches (Chan et al.'s
+  pairwise update: no large sums that cancel), and turns them into a well-conditioned, normalised
+  whitening matrix.
+- :class:`FeatureDensity` holds the fitted statistics as buffers of the model (they survive
+  ``state_dict``, pickling, TorchScript and ``torch.export``) and computes the normalised squared
+  Mahalanobis distance
+
+      r_i^2 = (h_i - m_z)^T C_z^-1 (h_i - m_z) / <d^2>_z,
+
+  where <d^2>_z is the mean of the same distance over the training atoms of element z (so r = 1 is
+  a typical training atom, whatever the descriptor dimension D), and the evidence factor
+
+      g_i = 1 / (1 + a r_i^(2p)).
+
+  The epistemic evidence is multiplied by g, so the epistemic variance grows as (1 + a r^(2p)).
+  p = 1 is SPEC §1c's form (variance linear in d^2); the default p = 2 (epistemic standard
+  deviation quadratic in the distance, as the error of a model that matches the data and its
+  first derivatives grows when it extrapolates) is what the benchmark measured to follow the
+  error out of distribution (examples/benchmark/README.md).
+
+Without fitted statistics every buffer is zero, r^2 = 0 and g is exactly 1: a model whose
+statistics were never fitted behaves exactly as one without this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+DEFAULT_SHRINKAGE = 0.1
+DEFAULT_JITTER = 1e-6
+DEFAULT_STRENGTH = 1.0
+DEFAULT_POWER = 2.0
+
+
+@dataclass
+class FittedStatistics:
+    """Finalised per-species statistics (float64).
+
+    Shapes: mean (Z, D); covariance (Z, D, D) after shrinkage; whitening (Z, D, D) =
+    L^-1 / sqrt(<d^2>) with covariance = L L^T and <d^2> the mean squared Mahalanobis distance of
+    the species' training atoms, so that r^2 = |whitening (h - mean)|^2 has mean 1 over them;
+    count (Z,) training atoms per species (species without atoms use the statistics of all atoms
+    pooled).
+    """
+
+    mean: Tensor
+    covariance: Tensor
+    whitening: Tensor
+    count: Tensor
+
+
+class FeatureStatistics:
+    """Streaming per-species mean and covariance of descriptors h (N, D), float64.
+
+    Args:
+        num_species: Z; species indices are 0..Z-1.
+        dim: D.
+    """
+
+    def __init__(self, num_species: int, dim: int):
+        if num_species < 1 or dim < 1:
+            raise ValueError(f"invalid num_species={num_species!r} / dim={dim!r}: must be >= 1")
+        self.num_species, self.dim = int(num_species), int(dim)
+        self.count = torch.zeros(num_species, dtype=torch.float64)
+        self.mean = torch.zeros(num_species, dim, dtype=torch.float64)
+        self.scatter = torch.zeros(num_species, dim, dim, dtype=torch.float64)  # sum (h-m)(h-m)^T
+
+    @torch.no_grad()
+    def update(self, features: Tensor, species: Tensor) -> None:
+        """Add a batch: features (N, D), species (N,) int64 in [0, Z)."""
+        if features.dim() != 2 or features.shape[1] != self.dim:
+            raise ValueError(
+                f"features have shape {tuple(features.shape)}, expected (N, {self.dim})"
+            )
+        species = species.reshape(-1).long().cpu()
+        if species.numel() != features.shape[0]:
+            raise ValueError(f"{species.numel()} species for {features.shape[0]} feature rows")
+        if species.numel() and (species.min() < 0 or species.max() >= self.num_species):
+            raise ValueError(
+                f"species index out of range [0, {self.num_species}): {species.unique().tolist()}"
+            )
+        x = features.detach().cpu().double()
+        if not torch.isfinite(x).all():
+            raise ValueError("non-finite node features: the backbone produced NaN/inf")
+        for z in species.unique().tolist():
+            xz = x[species == z]
+            n_b = float(xz.shape[0])
+            mean_b = xz.mean(0)
+            centred = xz - mean_b
+            self._merge(z, n_b, mean_b, centred.T @ centred)
+
+    def _merge(self, z: int, n_b: float, mean_b: Tensor, scatter_b: Tensor) -> None:
+        n_a = float(self.count[z])
+        n = n_a + n_b
+        delta = mean_b - self.mean[z]
+        self.mean[z] += delta * (n_b / n)
+        self.scatter[z] += scatter_b + torch.outer(delta, delta) * (n_a * n_b / n)
+        self.count[z] = n
+
+    def covariance(self) -> Tensor:
+        """(Z, D, D) unbiased sample covariance (zeros where a species has < 2 atoms)."""
+        denom = (self.count - 1.0).clamp_min(1.0)[:, None, None]
+        return torch.where(self.count[:, None, None] >= 2, self.scatter / denom, 0.0)
+
+    def pooled(self) -> tuple[float, Tensor, Tensor]:
+        """Count, mean (D,) and covariance (D, D) of all atoms of every species together."""
+        n = float(self.count.sum())
+        if n < 2:
+            raise ValueError(f"feature statistics need at least 2 atoms, got {n:g}")
+        mean = (self.count[:, None] * self.mean).sum(0) / n
+        delta = self.mean - mean
+        scatter = self.scatter.sum(0) + torch.einsum("z,zi,zj->ij", self.count, delta, delta)
+        return n, mean, scatter / (n - 1.0)
+
+    def finalize(
+        self, shrinkage: float = DEFAULT_SHRINKAGE, jitter: float = DEFAULT_JITTER
+    ) -> FittedStatistics:
+        """Shrunk covariances and their whitening matrices.
+
+        C_z <- (1 - e) C_z + e diag(C_z) + jitter * mean(diag C_z) I with e = max(shrinkage,
+        D / (n_z + D)): an element with few atoms is shrunk more toward the diagonal, and every
+        matrix is positive definite. Species with fewer than 2 atoms get the pooled statistics.
+        """
+        if not 0.0 <= shrinkage <= 1.0:
+            raise ValueError(f"invalid shrinkage={shrinkage!r}: must lie in [0, 1]")
+        if not jitter > 0.0:
+            raise ValueError(f"invalid jitter={jitter!r}: must be > 0")
+        n_all, mean_all, cov_all = self.pooled()
+        mean, cov = self.mean.clone(), self.covariance()
+        counts = self.count.clone()
+        # mean over the species' atoms of (h - m)(h - m)^T: sets <d^2> = tr(C^-1 S) in closed form
+        spread = self.scatter / self.count.clamp_min(1.0)[:, None, None]
+        for z in range(self.num_species):
+            if counts[z] < 2:
+                mean[z], cov[z], counts[z] = mean_all, cov_all, 0.0
+                spread[z] = cov_all * (n_all - 1.0) / n_all
+        n_eff = torch.where(counts >= 2, counts, torch.full_like(counts, n_all))
+        eps = torch.clamp(self.dim / (n_eff + self.dim), min=shrinkage)[:, None, None]
+        diag = torch.diag_embed(cov.diagonal(dim1=-2, dim2=-1))
+        scale = cov.diagonal(dim1=-2, dim2=-1).mean(-1).clamp_min(1e-300)[:, None, None]
+        eye = torch.eye(self.dim, dtype=torch.float64)
+        shrunk = (1.0 - eps) * cov + eps * diag + jitter * scale * eye
+        chol = torch.linalg.cholesky(shrunk)
+        whitening = torch.linalg.solve_triangular(chol, eye.expand_as(chol), upper=False)
+        mean_sq = torch.einsum("zij,zjk->zik", whitening, spread)
+        mean_sq = torch.einsum("zik,zik->z", mean_sq, whitening)  # tr(W S W^T) = <d^2>
+        whitening = whitening / mean_sq.clamp_min(1e-300).sqrt()[:, None, None]
+        return FittedStatistics(mean, shrunk, whitening, self.count.clone())
+
+
+class FeatureDensity(nn.Module):
+    """Normalised squared Mahalanobis distance of each atom's descriptors to its element's
+    training atoms, and the evidence factor built on it.
+
+    Args:
+        num_species: Z (MACE: elements of the z-table; NequIP: model types).
+        dim: D, the descriptor dimension.
+
+    Buffers: ``mean`` (Z, D), ``whitening`` (Z, D, D), ``count`` (Z,); ``strength`` () = a and
+    ``power`` () = p of the evidence factor 1 / (1 + a r^(2p)) (a = 0 switches the density-aware
+    evidence off while the distance is still reported).
+
+    Forward:
+        features (N, D), species (N,) int64 -> r^2 (N,), dimensionless, mean 1 over the training
+        atoms of each element; 0 for every atom while no statistics are fitted.
+    """
+
+    def __init__(self, num_species: int, dim: int):
+        super().__init__()
+        self.num_species = int(num_species)
+        self.dim = int(dim)
+        self.register_buffer("mean", torch.zeros(num_species, dim))
+        self.register_buffer("whitening", torch.zeros(num_species, dim, dim))
+        self.register_buffer("count", torch.zeros(num_species))
+        self.register_buffer("strength", torch.full((), DEFAULT_STRENGTH))
+        self.register_buffer("power", torch.full((), DEFAULT_POWER))
+
+    def forward(self, features: Tensor, species: Tensor) -> Tensor:
+        species = species.reshape(-1)
+        n = features.shape[0]
+        diff = features - self.mean.to(features.dtype)[species]  # (N, D)
+        whitening = self.whitening.to(features.dtype)
+        # W_z (h - m_{z_i}) for every z in one matmul, then the block of the atom's own species:
+        # O(Z D^2) per atom, no (N, D, D) gather
+        projected = (diff @ whitening.reshape(-1, self.dim).transpose(0, 1)).reshape(
+            n, self.num_species, self.dim
+        )
+        own = projected.gather(1, species.reshape(n, 1, 1).expand(n, 1, self.dim))
+        return (own * own).sum(-1).reshape(n)
+
+    def evidence_factor(self, distance_sq: Tensor) -> Tensor:
+        """1 / (1 + a r^(2p)), (N,): 1 at the training atoms' centre (and without statistics),
+        -> 0 far away."""
+        a = self.strength.to(distance_sq.dtype)
+        p = self.power.to(distance_sq.dtype)
+        return 1.0 / (1.0 + a * torch.pow(distance_sq, p))
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.whitening.abs().sum() > 0)
+
+    @torch.no_grad()
+    def load_statistics(self, stats: FittedStatistics) -> None:
+        """Store finalised statistics (cast to the buffers' dtype and device)."""
+        expected = (self.num_species, self.dim)
+        if tuple(stats.mean.shape) != expected:
+            raise ValueError(
+                f"statistics of shape {tuple(stats.mean.shape)} for a density of {expected}"
+            )
+        for name in ("mean", "whitening", "count"):
+            buffer = getattr(self, name)
+            buffer.copy_(getattr(stats, name).to(buffer.dtype))
+
+    @torch.no_grad()
+    def reset(self) -> None:
+        """Forget the statistics: d^2 = 0 for every atom again."""
+        for name in ("mean", "whitening", "count"):
+            getattr(self, name).zero_()
+
+    @torch.no_grad()
+    def set_evidence_form(self, strength: float, power: float) -> None:
+        """a (>= 0) and p (>= 1) of the evidence factor 1 / (1 + a r^(2p))."""
+        if not strength >= 0.0:
+            raise ValueError(f"invalid density strength={strength!r}: must be >= 0")
+        if not power >= 1.0:
+            raise ValueError(
+                f"invalid density power={power!r}: must be >= 1 (smaller powers have an "
+                "infinite gradient at r = 0)"
+            )
+        self.strength.fill_(float(strength))
+        self.power.fill_(float(power))
+
+    def __setstate__(self, state) -> None:
+        # pickled by a version without some of the buffers: add their defaults
+        super().__setstate__(state)
+        defaults = {"strength": DEFAULT_STRENGTH, "power": DEFAULT_POWER}
+        for name, value in defaults.items():
+            if name not in self._buffers:
+                like = self._buffers["count"]
+                self.register_buffer(name, torch.full((), value, dtype=like.dtype))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # a model saved before the density (or one of its buffers) existed: the defaults
+        # (no statistics, a = 1, p = 2)
+        defaults = {"strength": DEFAULT_STRENGTH, "power": DEFAULT_POWER}
+        for name, buffer in self._buffers.items():
+            value = torch.full_like(buffer, defaults.get(name, 0.0))
+            state_dict.setdefault(prefix + name, value)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
