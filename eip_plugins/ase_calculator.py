@@ -16,6 +16,8 @@ Results (ASE units: eV, eV/A, eV/A^3):
 ``forces_aleatoric_cov``     (N, 3, 3)
 ``uncertainty``              float       mean_i sigma_i
 ``uncertainty_max``          float       max_i sigma_i
+``forces_feature_distance``  (N,)        sqrt(d_i^2 / D): feature distance to the training atoms
+``feature_distance``         float       mean_i of it (``feature_distance_max``: max_i)
 ``forces_unbiased``          (N, 3)      UDD only: F without bias
 ``udd_bias_energy``          float       UDD only
 ``udd_bias_forces``          (N, 3)      UDD only: the limited bias force added to F
@@ -54,6 +56,8 @@ class UncertaintyCalculator(Calculator):
         "stress",
         *keys.PER_ATOM_UNCERTAINTY_KEYS,
         *keys.PER_STRUCTURE_UNCERTAINTY_KEYS,
+        keys.FORCES_FEATURE_DISTANCE,
+        *keys.PER_STRUCTURE_DISTANCE_KEYS,
         "forces_unbiased",
         "udd_bias_energy",
         "udd_bias_forces",
@@ -134,6 +138,10 @@ class UncertaintyCalculator(Calculator):
         for key in keys.RAW_PARAMETER_KEYS:  # evidential parameters, when the model gives them
             if key in out:
                 results[key] = _array(out[key])
+        if keys.FORCES_FEATURE_DISTANCE in out:
+            results[keys.FORCES_FEATURE_DISTANCE] = _array(out[keys.FORCES_FEATURE_DISTANCE])
+            for key in keys.PER_STRUCTURE_DISTANCE_KEYS:
+                results[key] = _scalar(out[key])
         if "stress" in out and self.atoms.cell.rank == 3:
             results["stress"] = _voigt(_array(out["stress"]))
         if self.udd is not None:

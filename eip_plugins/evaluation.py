@@ -14,7 +14,8 @@ def collect_predictions(calculator, frames, forces_key: str = "REF_forces") -> d
     """Run ``calculator`` on every frame and stack per-atom results.
 
     Returns numpy arrays over all atoms: ``forces`` (N, 3), ``forces_ref`` (N, 3), ``sigma``
-    (N,), ``batch`` (N,), the raw evidential fields, and per-structure ``uncertainty`` (G,).
+    (N,), ``batch`` (N,), the raw evidential fields, ``forces_feature_distance`` (N,) when the
+    calculator gives it, and per-structure ``uncertainty`` (G,).
     """
     rows: dict[str, list] = {"forces": [], "forces_ref": [], "sigma": [], "batch": []}
     structure_sigma = []
@@ -29,7 +30,7 @@ def collect_predictions(calculator, frames, forces_key: str = "REF_forces") -> d
         rows["sigma"].append(res[keys.FORCES_UNCERTAINTY])
         rows["batch"].append(np.full(len(atoms), g))
         structure_sigma.append(res[keys.UNCERTAINTY])
-        for key in keys.RAW_PARAMETER_KEYS:
+        for key in (*keys.RAW_PARAMETER_KEYS, keys.FORCES_FEATURE_DISTANCE):
             if key in res:
                 rows.setdefault(key, []).append(res[key])
     out = {k: np.concatenate(v) for k, v in rows.items()}
@@ -54,4 +55,7 @@ def evaluate_predictions(pred: dict) -> dict:
     report["error"] = force_error(forces, ref).numpy()
     report["sigma"] = np.asarray(pred["sigma"])
     report["mean_uncertainty"] = float(np.mean(pred["uncertainty"]))
+    report["mean_error"] = float(np.mean(report["error"]))
+    if "forces_feature_distance" in pred:
+        report["mean_feature_distance"] = float(np.mean(pred["forces_feature_distance"]))
     return report

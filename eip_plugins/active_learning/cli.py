@@ -25,7 +25,7 @@ from ..core.udd import UDDConfig
 from ..dynamics import MDSettings
 from ..frameworks import make_uq_calculator
 from .labelling import tblite_reference
-from .loop import ActiveLearningLoop, ALSettings
+from .loop import SELECTION_SCORES, ActiveLearningLoop, ALSettings
 from .retrain import CommandRetrainer
 
 
@@ -44,8 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--thermostat", choices=("langevin", "berendsen"), default="langevin")
     p.add_argument("--record_every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threshold", type=float, default=None, help="eV/A; default: none")
-    p.add_argument("--statistic", choices=("mean", "max"), default="mean")
+    p.add_argument(
+        "--select_on",
+        choices=SELECTION_SCORES,
+        default="uncertainty",
+        help="per-atom score frames are selected on: sigma_i (eV/A) or the feature distance r_i "
+        "to the training atoms (dimensionless, RMS 1 over them)",
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="select frames whose score exceeds this (eV/A for the uncertainty); default: none",
+    )
+    p.add_argument("--statistic", choices=("mean", "max"), default="mean", help="per frame")
     p.add_argument("--min_spacing", type=int, default=5, help="in recorded frames")
     p.add_argument("--max_frames", type=int, default=20)
     defaults = UDDConfig()
@@ -88,6 +100,7 @@ def main(argv=None) -> int:
             udd=UDDConfig(
                 A=args.udd_A, B=args.udd_B, C=args.udd_C, D=args.udd_D, form=args.udd_form
             ),
+            select_on=args.select_on,
             threshold=args.threshold,
             statistic=args.statistic,
             min_spacing=args.min_spacing,

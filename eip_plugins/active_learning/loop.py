@@ -37,6 +37,7 @@ from .selection import frame_key, select_uncertain_frames
 
 log = logging.getLogger(__name__)
 STATE_FILE = "al_state.json"
+SELECTION_SCORES = ("uncertainty", "feature_distance")
 
 
 @dataclass
@@ -48,9 +49,11 @@ class ALSettings:
         dynamics: ``"udd"`` (uncertainty-driven MD) or ``"md"`` (plain MD) for exploration.
         md: MD settings (steps, time step, temperature, thermostat, seed).
         udd: UDD bias parameters (used when ``dynamics == "udd"``).
-        threshold: label frames whose uncertainty exceeds this, eV/A (``None``: no threshold,
-            take the most uncertain frames).
-        statistic: ``"mean"`` or ``"max"`` of sigma_i per frame.
+        select_on: ``"uncertainty"`` (sigma_i, eV/A) or ``"feature_distance"`` (r_i, the
+            distance of an atom's features to the training atoms, dimensionless, RMS 1 over them).
+        threshold: label frames whose selection score exceeds this (eV/A for the uncertainty;
+            ``None``: no threshold, take the highest-scoring frames).
+        statistic: ``"mean"`` or ``"max"`` of the per-atom score per frame.
         min_spacing: minimal distance between selected frames, in recorded frames.
         max_frames: at most this many frames per generation.
     """
@@ -59,6 +62,7 @@ class ALSettings:
     dynamics: str = "udd"
     md: MDSettings = field(default_factory=MDSettings)
     udd: UDDConfig = field(default_factory=UDDConfig)
+    select_on: str = "uncertainty"
     threshold: float | None = None
     statistic: str = "mean"
     min_spacing: int = 5
@@ -67,6 +71,8 @@ class ALSettings:
     def __post_init__(self) -> None:
         if self.dynamics not in ("udd", "md"):
             raise ValueError(f"invalid dynamics={self.dynamics!r}: 'udd' or 'md'")
+        if self.select_on not in SELECTION_SCORES:
+            raise ValueError(f"invalid select_on={self.select_on!r}: one of {SELECTION_SCORES}")
         if self.statistic not in ("mean", "max"):
             raise ValueError(f"invalid statistic={self.statistic!r}: 'mean' or 'max'")
         if self.generations < 1:
@@ -170,7 +176,7 @@ class ActiveLearningLoop:
         traj.write_log(gen_dir / "md_log.txt")
         plot_md_logs({s.dynamics.upper(): traj.log}, gen_dir / "md.png", f"generation {generation}")
 
-        column = "uncertainty" if s.statistic == "mean" else "uncertainty_max"
+        column = s.select_on if s.statistic == "mean" else f"{s.select_on}_max"
         threshold = -np.inf if s.threshold is None else s.threshold
         chosen = select_uncertain_frames(traj.log[column], threshold, s.min_spacing, s.max_frames)
         selected = [traj.frames[i] for i in chosen]

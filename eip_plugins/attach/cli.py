@@ -17,7 +17,9 @@ import json
 import logging
 import sys
 
+from ..calibration import RECALIBRATION_CHOICES, CalibrationSettings
 from ..core.config import HEAD_KINDS
+from ..core.feature_density import DEFAULT_POWER, DEFAULT_STRENGTH
 from .labelled_data import AttachError
 
 
@@ -46,15 +48,60 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eip_lambda", type=float, default=None, help="evidence regulariser weight")
     p.add_argument("--eip_quantile", type=float, default=None, help="eip quantile q in (0, 1)")
     p.add_argument("--report", default=None, help="write the before/after report (JSON) here")
+    add_calibration_arguments(p)
+
+
+def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
+    """``--no_density``, ``--recalibrate`` (shared with ``eip-calibrate``)."""
+    p.add_argument(
+        "--no_density",
+        action="store_true",
+        help="do not fit the per-element feature statistics (no density-aware evidence, "
+        "forces_feature_distance stays 0)",
+    )
+    p.add_argument(
+        "--density_strength",
+        type=float,
+        default=DEFAULT_STRENGTH,
+        help="a of the evidence factor 1 / (1 + a r^(2p)), r the feature distance (RMS 1 over "
+        "the training atoms); 0 keeps the evidence as trained",
+    )
+    p.add_argument(
+        "--density_power",
+        type=float,
+        default=DEFAULT_POWER,
+        help="p of the evidence factor 1 / (1 + a r^(2p))",
+    )
+    p.add_argument(
+        "--recalibrate",
+        choices=RECALIBRATION_CHOICES,
+        default="nll",
+        help="fit the scale of the predictive distribution on --valid_file by its NLL or CE",
+    )
+
+
+def calibration_settings(args) -> CalibrationSettings:
+    return CalibrationSettings(
+        density=not args.no_density,
+        strength=args.density_strength,
+        power=args.density_power,
+        recalibrate=args.recalibrate,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eip-attach", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="framework", required=True)
-    m = sub.add_parser("mace", help="a MACE '*.model' file")
+    m = sub.add_parser(
+        "mace", help="a MACE '*.model' file", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     _common_arguments(m)
     m.add_argument("--mace_head", default=None, help="head of a multi-head MACE model")
-    n = sub.add_parser("nequip", help="a NequIP checkpoint ('*.ckpt'); writes a checkpoint")
+    n = sub.add_parser(
+        "nequip",
+        help="a NequIP checkpoint ('*.ckpt') or package ('*.nequip.zip'); writes a checkpoint",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     _common_arguments(n)
     n.add_argument(
         "--feature_layer",
@@ -93,6 +140,7 @@ def _attach(args) -> dict:
         "seed": args.seed,
         "max_atoms_in_memory": args.max_atoms_in_memory,
         "progress": sys.stderr.isatty(),
+        "calibration": calibration_settings(args),
     }
     if args.framework == "mace":
         from ..mace.attach import attach_head
@@ -126,6 +174,14 @@ def main(argv=None) -> int:
         f"  Spearman {after['spearman']:.3f}  ROC-AUC {after['roc_auc']:.3f}  "
         f"NLL {after['nll']:.3f}  CE {after['ce']:.3f}"
     )
+    calibrated = report.get("calibration")
+    if calibrated and "before" in calibrated:
+        b, a = calibrated["before"], calibrated["after"]
+        print(
+            f"  calibration: c = {calibrated['variance_scale']:.4g}, CE {b['ce']:.3f} -> "
+            f"{a['ce']:.3f}, Spearman {b['spearman']:.3f} -> {a['spearman']:.3f} "
+            f"(feature statistics {'on' if 'statistics' in calibrated else 'off'})"
+        )
     print(f"  wrote {report['output']}")
     if args.report:
         with open(args.report, "w") as fh:

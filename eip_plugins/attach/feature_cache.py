@@ -17,7 +17,8 @@ class FeatureChunk:
     """Per-atom backbone outputs of a group of whole structures.
 
     Shapes: node_feats (N, F); forces (N, 3) backbone forces, eV/A; forces_ref (N, 3) reference
-    forces, eV/A; batch (N,) structure index local to the chunk; num_graphs G.
+    forces, eV/A; batch (N,) structure index local to the chunk; num_graphs G; species (N,)
+    int64 species index of each atom (element of the z-table / model type; ``None``: all 0).
     """
 
     node_feats: Tensor
@@ -25,6 +26,7 @@ class FeatureChunk:
     forces_ref: Tensor
     batch: Tensor
     num_graphs: int
+    species: Tensor | None = None
 
     @property
     def num_atoms(self) -> int:
@@ -86,10 +88,12 @@ class FeatureCache:
         for c in self:
             parts.append((c, offset))
             offset += c.num_graphs
+        species = [c.species for c, _ in parts]
         return FeatureChunk(
             torch.cat([c.node_feats for c, _ in parts]),
             torch.cat([c.forces for c, _ in parts]),
             torch.cat([c.forces_ref for c, _ in parts]),
             torch.cat([c.batch + o for c, o in parts]),
             offset,
+            None if any(s is None for s in species) else torch.cat(species),
         )

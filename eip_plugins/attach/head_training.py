@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..calibration import CalibrationSettings, calibrate_head
 from ..core.metrics import calibration, force_error, roc_auc, spearman
 from ..core.predictive import predictive_distribution
 from .feature_cache import FeatureCache
@@ -43,7 +44,7 @@ def _mean_nll(head: nn.Module, cache: FeatureCache) -> float:
     total, n = 0.0, 0
     with torch.no_grad():
         for c in cache:
-            params = head(c.node_feats, c.forces)
+            params = head(c.node_feats, c.forces, c.species)
             total += float(predictive_distribution(params).nll(c.forces_ref).sum())
             n += c.num_atoms
     return total / max(n, 1)
@@ -53,7 +54,7 @@ def evaluate_head(head: nn.Module, cache: FeatureCache) -> dict:
     """Force MAE, Spearman and ROC-AUC of sigma_i vs error, predictive NLL and CE on ``cache``."""
     c = cache.concatenated()
     with torch.no_grad():
-        params = head(c.node_feats, c.forces)
+        params = head(c.node_feats, c.forces, c.species)
         sigma = head.uncertainty(params).sigma
         err = force_error(c.forces, c.forces_ref)
         dist = predictive_distribution(params)
@@ -98,7 +99,7 @@ def fit_head(
         train_loss, n = 0.0, 0
         for c in train:
             opt.zero_grad()
-            loss = head.force_loss(head(c.node_feats, c.forces), c.forces_ref).mean()
+            loss = head.force_loss(head(c.node_feats, c.forces, c.species), c.forces_ref).mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite head loss at epoch {epoch}")
             loss.backward()
@@ -120,14 +121,20 @@ def fit_head(
 
 
 def train_attached_head(
-    head: nn.Module, train: FeatureCache, valid: FeatureCache | None = None, **fit_options
+    head: nn.Module,
+    train: FeatureCache,
+    valid: FeatureCache | None = None,
+    calibration: CalibrationSettings | None = None,
+    **fit_options,
 ) -> dict:
-    """Initialise psi0 from the backbone's residuals, fit ``head`` and report before/after.
+    """Initialise psi0 from the backbone's residuals, fit ``head``, fit its feature statistics
+    and recalibration scale (``calibration``; ``None`` fits neither) and report before/after.
 
     ``fit_options``: the keyword arguments of :func:`fit_head` (``max_epochs``, ``lr``, ...).
 
     Returns a dict with ``best_epoch``, ``epochs_run``, ``evaluated_on`` (``"valid"`` or
-    ``"train"``), ``before`` (backbone force MAE, eV/A) and ``after`` (:func:`evaluate_head`).
+    ``"train"``), ``before`` (backbone force MAE, eV/A), ``after`` (:func:`evaluate_head` of the
+    final head) and ``calibration`` (:func:`~eip_plugins.calibration.calibrate_head`'s report).
     Closes both caches.
     """
     covariance = getattr(head, "covariance", None)
@@ -136,6 +143,7 @@ def train_attached_head(
     try:
         fit = fit_head(head, train, valid, **fit_options)
         head.eval()
+        calibrated = calibrate_head(head, train, valid, calibration) if calibration else None
         report_cache = valid if valid is not None else train
         after = evaluate_head(head, report_cache)
         everything = report_cache.concatenated()
@@ -150,4 +158,5 @@ def train_attached_head(
         "evaluated_on": "valid" if valid is not None else "train",
         "before": {"force_mae": before_mae},
         "after": after,
+        "calibration": calibrated,
     }

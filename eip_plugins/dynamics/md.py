@@ -60,7 +60,9 @@ class MDTrajectory:
     """Recorded frames and per-frame log of one MD run.
 
     ``log`` columns (arrays of length T): step, time_fs, energy (eV, unbiased potential energy),
-    bias_energy (eV), temperature_K, uncertainty (mean sigma_i, eV/A), uncertainty_max (eV/A).
+    bias_energy (eV), temperature_K, uncertainty (mean sigma_i, eV/A), uncertainty_max (eV/A),
+    feature_distance and feature_distance_max (mean / max r_i, the feature distance to the
+    training atoms; 0 for a model without feature statistics).
     """
 
     frames: list[Atoms] = field(default_factory=list)
@@ -118,6 +120,8 @@ def run_md(
             "temperature_K",
             "uncertainty",
             "uncertainty_max",
+            "feature_distance",
+            "feature_distance_max",
         )
     }
     if progress is None:
@@ -136,13 +140,15 @@ def run_md(
             temperature,
             res["uncertainty"],
             res["uncertainty_max"],
+            res.get("feature_distance", 0.0),
+            res.get("feature_distance_max", 0.0),
         )
         for key, value in zip(rows, values, strict=True):
             rows[key].append(value)
         frame = atoms.copy()
         frame.calc = None
         frame.set_constraint([c.copy() for c in user_constraints])
-        frame.info.update(uncertainty=res["uncertainty"], uncertainty_max=res["uncertainty_max"])
+        frame.info.update({k: rows[k][-1] for k in list(rows)[5:]})
         traj.frames.append(frame)
         ok = np.isfinite(atoms.get_positions()).all() and np.isfinite(energy)
         return bool(ok and temperature < settings.max_temperature_K)

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..calibration import RECALIBRATION_CHOICES, CalibrationSettings
 from ..core.config import DEFAULT_LAMBDA, HEAD_KINDS, HeadConfig
+from ..core.feature_density import DEFAULT_POWER, DEFAULT_STRENGTH
 
 HEAD_CHOICES = ("none", *HEAD_KINDS)
 SUPPORTED_MODELS = ("MACE", "ScaleShiftMACE")
@@ -87,7 +89,60 @@ def add_head_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         default=_DEFAULTS.max_log_scale,
         help="bound of the log-scale of the SPD matrix (e2ip, mve)",
     )
+    group.add_argument(
+        "--eip_density_statistics",
+        type=_str2bool,
+        default=True,
+        help="after training, fit per-element statistics of the head's invariant features on the "
+        "training set: the epistemic evidence then shrinks with an atom's feature distance to the "
+        "training atoms, and the model outputs forces_feature_distance (False: neither)",
+    )
+    group.add_argument(
+        "--eip_density_strength",
+        type=float,
+        default=DEFAULT_STRENGTH,
+        help="a of the evidence factor 1 / (1 + a r^(2p)), r the feature distance (RMS 1 over "
+        "the training atoms); 0 keeps the evidence as trained",
+    )
+    group.add_argument(
+        "--eip_density_power",
+        type=float,
+        default=DEFAULT_POWER,
+        help="p of the evidence factor 1 / (1 + a r^(2p)) (1: epistemic variance linear in r^2)",
+    )
+    group.add_argument(
+        "--eip_recalibrate",
+        choices=RECALIBRATION_CHOICES,
+        default="nll",
+        help="after training, fit one scale of the predictive distribution on the validation "
+        "set by minimising its NLL or its calibration error CE (none: keep the head as trained)",
+    )
     return parser
+
+
+def _str2bool(value: str) -> bool:
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
+
+
+def calibration_settings_from_args(args) -> CalibrationSettings:
+    """What is fitted at the end of a ``--head`` run (``--eip_density_statistics``,
+    ``--eip_density_strength``, ``--eip_density_power``, ``--eip_recalibrate``); raises
+    :class:`HeadArgumentError` naming the flag."""
+    try:
+        return CalibrationSettings(
+            density=bool(getattr(args, "eip_density_statistics", True)),
+            strength=float(getattr(args, "eip_density_strength", DEFAULT_STRENGTH)),
+            power=float(getattr(args, "eip_density_power", DEFAULT_POWER)),
+            recalibrate=getattr(args, "eip_recalibrate", "nll"),
+        )
+    except ValueError as err:
+        flag = "--eip_density_power" if "power" in str(err) else "--eip_density_strength"
+        raise HeadArgumentError(f"{flag}: {err}") from None
 
 
 def head_enabled(args) -> bool:
@@ -144,6 +199,7 @@ def validate_args(args) -> None:
     if not head_enabled(args):
         return
     head_config_from_args(args)
+    calibration_settings_from_args(args)
     if args.eip_swa_energy_weight is not None and not args.eip_swa_energy_weight >= 0.0:
         raise HeadArgumentError(
             f"--eip_swa_energy_weight: invalid value {args.eip_swa_energy_weight!r}, must be >= 0"

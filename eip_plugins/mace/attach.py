@@ -24,15 +24,15 @@ from torch import nn
 
 from ..attach import (
     AttachError,
-    FeatureCache,
-    FeatureChunk,
     atomic_write,
     check_output_path,
     read_labelled,
     train_attached_head,
 )
 from ..attach.verify import require_identical_predictions
+from ..calibration import CalibrationSettings
 from ..core.config import HeadConfig
+from .features import extract_features, frames_to_batches
 from .heads import select_mace_head
 
 log = logging.getLogger(__name__)
@@ -75,63 +75,11 @@ def load_backbone(path, replace: bool = False) -> nn.Module:
     return model
 
 
-def _batches(model: nn.Module, frames, forces_key: str, mace_head: str | None, batch_size: int):
-    from mace import data as mace_data
-    from mace.tools import torch_geometric, torch_tools, utils
-
-    heads = list(getattr(model, "heads", ["Default"]))
-    try:
-        head_name = select_mace_head(heads, mace_head)
-    except ValueError as err:
-        raise AttachError(f"--mace_head: {err}") from None
-    dtype = next(model.parameters()).dtype
-    z_table = utils.AtomicNumberTable([int(z) for z in model.atomic_numbers])
-    keyspec = mace_data.KeySpecification(info_keys={}, arrays_keys={"forces": forces_key})
-    with torch_tools.default_dtype(dtype):
-        graphs = [
-            mace_data.AtomicData.from_config(
-                mace_data.config_from_atoms(a, key_specification=keyspec, head_name=head_name),
-                z_table=z_table,
-                cutoff=float(model.r_max),
-                heads=heads,
-            )
-            for a in frames
-        ]
-    loader = torch_geometric.dataloader.DataLoader(graphs, batch_size=batch_size, shuffle=False)
-    yield from loader
-
-
-def extract_features(
-    model: nn.Module,
-    frames,
-    forces_key: str = "REF_forces",
-    mace_head: str | None = None,
-    batch_size: int = 16,
-    max_atoms_in_memory: int = 2_000_000,
-) -> FeatureCache:
-    """Run the frozen backbone once over ``frames``: node features, forces, reference forces."""
-    cache = FeatureCache(max_atoms_in_memory=max_atoms_in_memory)
-    model.eval()
-    for batch in _batches(model, frames, forces_key, mace_head, batch_size):
-        out = model(batch.to_dict(), training=False, compute_force=True)
-        g = int(batch.ptr.numel() - 1)
-        cache.append(
-            FeatureChunk(
-                out["node_feats"].detach(),
-                out["forces"].detach(),
-                batch.forces.detach().to(out["forces"].dtype),
-                batch.batch.detach(),
-                g,
-            )
-        )
-    return cache
-
-
 def _predict(model: nn.Module, frames, forces_key: str, mace_head: str | None) -> dict:
     """Energies (G,) and forces (N, 3) of a MACE model (plain or with a head) on ``frames``."""
     backbone = model.model if hasattr(model, "eip_head_kind") else model
     out = {"energy": [], "forces": []}
-    for batch in _batches(backbone, frames, forces_key, mace_head, batch_size=len(frames)):
+    for batch in frames_to_batches(backbone, frames, forces_key, mace_head, len(frames)):
         result = model(batch.to_dict(), training=False, compute_force=True)
         out["energy"].append(result["energy"].detach())
         out["forces"].append(result["forces"].detach())
@@ -165,8 +113,10 @@ def attach_head(
     seed: int = 0,
     max_atoms_in_memory: int = 2_000_000,
     progress: bool = True,
+    calibration: CalibrationSettings | None = None,
 ) -> dict:
-    """Attach, train and save. Returns a before/after report on the validation data.
+    """Attach, train, fit the feature statistics and recalibration (``calibration``, default
+    :class:`CalibrationSettings`), and save. Returns a before/after report on the validation data.
 
     The input model file is only read. The output is written to a temporary file in the same
     folder and renamed into place, and may not be the input file.
@@ -206,6 +156,7 @@ def attach_head(
         patience=patience,
         seed=seed,
         progress=progress,
+        calibration=calibration or CalibrationSettings(),
     )
     model.eval()
     check_frames = (valid_frames or train_frames)[:4]

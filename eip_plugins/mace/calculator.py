@@ -19,6 +19,7 @@ from ..core import keys
 from .heads import select_mace_head
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_DISTANCE_KEYS = (keys.FORCES_FEATURE_DISTANCE, *keys.PER_STRUCTURE_DISTANCE_KEYS)
 
 
 def load_model(path: Union[str, Path], device: str = "cpu") -> torch.nn.Module:
@@ -125,7 +126,7 @@ class MACEUQCalculator(UncertaintyCalculator):
             keys.UNCERTAINTY: out[keys.UNCERTAINTY],
             keys.UNCERTAINTY_MAX: out[keys.UNCERTAINTY_MAX],
         }
-        for key in keys.RAW_PARAMETER_KEYS:  # evidential parameters, for NLL/CE/ES metrics
+        for key in (*keys.RAW_PARAMETER_KEYS, *_DISTANCE_KEYS):  # for NLL/CE/ES and OOD scores
             if out.get(key) is not None:
                 result[key] = out[key]
         if periodic and out.get("stress") is not None:

@@ -16,8 +16,10 @@ through to MACE unless the loss is an :class:`EvidentialLoss` / the model return
 - ``mace.cli.eval_configs.get_model_output`` / ``run``: collect the uncertainty fields per batch
   and add them to the written extxyz with MACE's prefix (default ``MACE_``):
   arrays ``<prefix>forces_uncertainty`` (N,) eV/A, ``<prefix>forces_epistemic_cov`` and
-  ``<prefix>forces_aleatoric_cov`` (N, 9), row-major 3x3 in (eV/A)^2; info
-  ``<prefix>uncertainty`` (mean_i sigma_i) and ``<prefix>uncertainty_max`` (max_i sigma_i), eV/A.
+  ``<prefix>forces_aleatoric_cov`` (N, 9), row-major 3x3 in (eV/A)^2,
+  ``<prefix>forces_feature_distance`` (N,) (dimensionless, ~1 for training atoms); info
+  ``<prefix>uncertainty`` (mean_i sigma_i) and ``<prefix>uncertainty_max`` (max_i sigma_i), eV/A,
+  ``<prefix>feature_distance`` and ``<prefix>feature_distance_max`` (mean / max over atoms).
 """
 
 from __future__ import annotations
@@ -149,10 +151,14 @@ def wrap_create_error_table(create_error_table, tables_module):
 
 
 # -- mace_eval_configs --------------------------------------------------------------------------
+_PER_ATOM = (*keys.PER_ATOM_UNCERTAINTY_KEYS, keys.FORCES_FEATURE_DISTANCE)
+_PER_STRUCTURE = (*keys.PER_STRUCTURE_UNCERTAINTY_KEYS, *keys.PER_STRUCTURE_DISTANCE_KEYS)
+
+
 class _Collected:
     def __init__(self):
-        self.per_atom = {k: [] for k in keys.PER_ATOM_UNCERTAINTY_KEYS}
-        self.per_structure = {k: [] for k in keys.PER_STRUCTURE_UNCERTAINTY_KEYS}
+        self.per_atom = {k: [] for k in _PER_ATOM}
+        self.per_structure = {k: [] for k in _PER_STRUCTURE}
 
     def add(self, output: dict, ptr: torch.Tensor) -> None:
         bounds = ptr.detach().cpu().numpy()
@@ -223,14 +229,9 @@ def write_uncertainty(path: str, collected: _Collected, prefix: str) -> None:
         )
     for i, atoms in enumerate(frames):
         n = len(atoms)
-        sigma = collected.per_atom[keys.FORCES_UNCERTAINTY][i]
-        epi = collected.per_atom[keys.FORCES_EPISTEMIC_COV][i]
-        ale = collected.per_atom[keys.FORCES_ALEATORIC_COV][i]
-        atoms.arrays[prefix + keys.FORCES_UNCERTAINTY] = np.asarray(sigma).reshape(n)
-        atoms.arrays[prefix + keys.FORCES_EPISTEMIC_COV] = np.asarray(epi).reshape(n, 9)
-        atoms.arrays[prefix + keys.FORCES_ALEATORIC_COV] = np.asarray(ale).reshape(n, 9)
-        atoms.info[prefix + keys.UNCERTAINTY] = float(collected.per_structure[keys.UNCERTAINTY][i])
-        atoms.info[prefix + keys.UNCERTAINTY_MAX] = float(
-            collected.per_structure[keys.UNCERTAINTY_MAX][i]
-        )
+        for key, values in collected.per_atom.items():
+            shape = (n, 9) if key.endswith("_cov") else (n,)  # 3x3 row-major
+            atoms.arrays[prefix + key] = np.asarray(values[i]).reshape(shape)
+        for key, values in collected.per_structure.items():
+            atoms.info[prefix + key] = float(values[i])
     ase.io.write(path, frames, format="extxyz")

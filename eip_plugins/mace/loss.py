@@ -4,7 +4,7 @@ Patch point: ``get_loss_fn`` (as imported by ``mace.cli.run_train``) returns an
 :class:`EvidentialLoss` when ``--head`` is set; ``get_swa`` gets one for stage two. The loss is
 created before the model, so the model wrapper attaches its head afterwards (:meth:`attach`).
 
-loss = mean_i w_i * L_i(head(node_feats, F_pred)_i, F_ref_i)
+loss = mean_i w_i * L_i(head(node_feats, F_pred, species)_i, F_ref_i)
        + w_E * mean_g w_g * |E_pred_g - E_ref_g| (/ N_g with ``--eip_per_atom_energy``)
 
 with L_i the head's per-atom force loss (NLL + lambda Reg, SPEC §1) and w_i, w_g MACE's per-config
@@ -25,6 +25,7 @@ from typing import Dict, List, Optional
 import torch
 from torch import Tensor, nn
 
+from ..calibration import CalibrationSettings
 from ..core.config import HeadConfig
 from ..core.metrics import force_error
 from ..core.predictive import predictive_distribution
@@ -40,6 +41,8 @@ class EvidentialLoss(nn.Module):
     def __init__(self, config: HeadConfig):
         super().__init__()
         self.config = config
+        # what is fitted after training (set from --eip_density_statistics / --eip_recalibrate)
+        self.calibration = CalibrationSettings()
         self._head: Optional[nn.Module] = None  # not a submodule: it belongs to the model
         self._records: Optional[Dict[str, List[Tensor]]] = None
 
@@ -57,7 +60,7 @@ class EvidentialLoss(nn.Module):
         head = self.head
         forces_ref = ref["forces"]
         batch = ref["batch"]
-        params = head(pred["node_feats"], pred["forces"])
+        params = head(pred["node_feats"], pred["forces"], torch.argmax(ref["node_attrs"], dim=-1))
         atom_weight = (ref["weight"] * ref["forces_weight"])[batch]
         force_term = (atom_weight * head.force_loss(params, forces_ref)).mean()
 

@@ -11,6 +11,8 @@ signature and returns MACE's output dict unchanged (energy, conservative forces,
 ``uncertainty``            (G,)         mean_i sigma_i per structure, eV/A
 ``uncertainty_max``        (G,)         max_i sigma_i per structure, eV/A
 raw parameters             per head     e.g. ``e2ip_kappa`` (N,), ``e2ip_psi`` (N, 3, 3)
+``forces_feature_distance``  (N,)       r_i, feature distance to the training atoms (RMS 1)
+``feature_distance[_max]``   (G,)       its mean / max per structure
 =========================  ===========  ===================================================
 
 Node features read by the head. MACE returns ``node_feats = cat([h_1, ..., h_T], dim=-1)``, the
@@ -74,7 +76,7 @@ class EvidentialMACE(nn.Module):
         # the MACE head whose forces the head was fit to ("": all heads, as mace_run_train does)
         self.eip_mace_head = ""
         self.model = backbone
-        self.head = build_head(config, irreps)
+        self.head = build_head(config, irreps, num_species=len(backbone.atomic_numbers))
 
     def forward(
         self,
@@ -105,11 +107,20 @@ class EvidentialMACE(nn.Module):
         forces = out["forces"]
         if node_feats is not None and forces is not None:
             num_graphs = data["ptr"].numel() - 1
-            params = self.head(node_feats, forces)
-            fields = self.head.fields(params, data["batch"], num_graphs)
+            species = torch.argmax(data["node_attrs"], dim=-1)
+            params, distance_sq = self.head.forward_with_distance(node_feats, forces, species)
+            fields = self.head.fields(params, data["batch"], num_graphs, distance_sq)
             for key, value in fields.items():
                 out[key] = value
         return out
+
+    def __setstate__(self, state) -> None:
+        # a model pickled by an older eip-plugins: its head has no feature statistics and no
+        # recalibration scale yet; give it the empty (no-op) ones, one set per element
+        super().__setstate__(state)
+        head = self._modules.get("head")
+        if head is not None and "density" not in head._modules:
+            head.init_density(head.irreps_in, len(self._buffers["atomic_numbers"]))
 
     def __getattr__(self, name: str):
         try:

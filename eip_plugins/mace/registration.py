@@ -16,6 +16,10 @@ Patch points, all pass-through unless ``--head`` is set (i.e. ``--head none`` is
     - ``get_loss_fn`` / ``get_swa``: the evidential loss (:mod:`.loss`) for stage one and two.
     - ``configure_model``: wraps MACE's model in :class:`.model.EvidentialMACE`, psi0 from data.
     - ``get_params_options``: adds the head's parameters to the optimizer (group ``eip_head``).
+    - ``mace.tools.train``: once training has finished, every model MACE loads back for saving
+      (``checkpoint_handler.load_latest``, stage one and two) gets its feature statistics and
+      recalibration scale fitted (:mod:`.calibration`) before the ``.model`` and its compiled
+      twin are written (``--eip_density_statistics``, ``--eip_recalibrate``).
     - ``extract_config_mace_model``: describes the backbone (+ head) in the compiled model's
       ``config.yaml`` instead of an error entry.
     - ``jit`` (e3nn's): a failed TorchScript compilation of a model with a head is logged (MACE
@@ -105,6 +109,7 @@ def _register_run_train(run_train) -> None:
     tools = mace.tools
     tools.build_default_arg_parser = _wrap_parser(tools.build_default_arg_parser)
     tools.check_args = _wrap_check_args(tools.check_args)
+    tools.train = _wrap_train(tools.train)
     run_train.get_loss_fn = _wrap_get_loss_fn(run_train.get_loss_fn)
     run_train.get_swa = _wrap_get_swa(run_train.get_swa)
     run_train.configure_model = _wrap_configure_model(run_train.configure_model)
@@ -173,12 +178,38 @@ def _wrap_get_loss_fn(get_loss_fn):
 
         if not head_enabled(args):
             return get_loss_fn(args, *rest, **kwargs)
+        from .arguments import calibration_settings_from_args
+
         loss = EvidentialLoss(head_config_from_args(args))
+        loss.calibration = calibration_settings_from_args(args)
         _state(args)["loss"] = loss
         logging.info(f"--head={args.head}: MACE's --loss={args.loss} is replaced by {loss}")
         return loss
 
     return _wrapped(get_loss_fn, get_evidential_loss_fn)
+
+
+def _wrap_train(train):
+    if getattr(train, "__eip_wrapped__", False):
+        return train
+
+    def train_then_calibrate(*args, **kwargs):
+        from .calibration import calibrate_on_final_load
+        from .loss import EvidentialLoss
+
+        out = train(*args, **kwargs)
+        loss_fn = kwargs.get("loss_fn")
+        if isinstance(loss_fn, EvidentialLoss):
+            calibrate_on_final_load(
+                kwargs["checkpoint_handler"],
+                kwargs["train_loader"],
+                kwargs["valid_loaders"],
+                kwargs.get("device"),
+                loss_fn.calibration,
+            )
+        return out
+
+    return _wrapped(train, train_then_calibrate)
 
 
 def _wrap_configure_model(configure_model):

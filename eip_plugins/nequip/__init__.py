@@ -8,7 +8,9 @@ loaded on first attribute access:
 - :func:`EvidentialHeadOnModel` -- a head on any builder's model (written by ``eip-attach``);
 - :func:`EvidentialLoss` -- ``training_module.loss``;
 - :func:`EvidentialMetrics` -- ``val_metrics`` / ``test_metrics``;
-- :class:`NequIPUQCalculator` -- ASE calculator with uncertainties.
+- :class:`NequIPUQCalculator` -- ASE calculator with uncertainties;
+- :class:`UncertaintyCalibration` -- ``trainer.callbacks`` entry that fits the head's feature
+  statistics and recalibration scale into the checkpoints when training ends.
 """
 
 import importlib
@@ -29,6 +31,7 @@ _LAZY = {
     "EvidentialLoss": ".loss",
     "EvidentialMetrics": ".metrics",
     "NequIPUQCalculator": ".calculator",
+    "UncertaintyCalibration": ".calibration",
 }
 
 __all__ = sorted(_LAZY)

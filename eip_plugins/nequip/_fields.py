@@ -20,6 +20,8 @@ e2ip_log_det_psi        (N,)        node   invariant
 mve_cov, mve_cov_inv    (N, 3, 3)   node   Cartesian ``ij=ji``
 mve_log_det_cov         (N,)        node   invariant
 eip_nu/alpha/beta       (N, 3)      node   per Cartesian component (not equivariant)
+forces_feature_distance (N,)        node   invariant (every head)
+feature_distance[_max]  (G,)        graph  invariant
 ======================  ==========  =====  ==============================================
 """
 
@@ -37,10 +39,23 @@ HEAD_FEATURES: Final[str] = "eip_head_features"
 
 CARTESIAN_FORMULA: Final[str] = "ij=ji"
 
-GRAPH_FIELDS: Final[Tuple[str, ...]] = keys.PER_STRUCTURE_UNCERTAINTY_KEYS
+DISTANCE_FIELDS: Final[Tuple[str, ...]] = (
+    keys.FORCES_FEATURE_DISTANCE,
+    *keys.PER_STRUCTURE_DISTANCE_KEYS,
+)
+
+GRAPH_FIELDS: Final[Tuple[str, ...]] = (
+    *keys.PER_STRUCTURE_UNCERTAINTY_KEYS,
+    *keys.PER_STRUCTURE_DISTANCE_KEYS,
+)
 
 # Fields that are invariant scalars, per head kind ((N,) or (G,) tensors).
-_COMMON_INVARIANT = (keys.FORCES_UNCERTAINTY, keys.UNCERTAINTY, keys.UNCERTAINTY_MAX)
+_COMMON_INVARIANT = (
+    keys.FORCES_UNCERTAINTY,
+    keys.UNCERTAINTY,
+    keys.UNCERTAINTY_MAX,
+    *DISTANCE_FIELDS,
+)
 _COMMON_CARTESIAN = (keys.FORCES_EPISTEMIC_COV, keys.FORCES_ALEATORIC_COV)
 
 #: Node fields of each head's parameters (beyond the five uncertainty fields).
@@ -59,14 +74,19 @@ CARTESIAN_FIELDS: Final[Tuple[str, ...]] = _COMMON_CARTESIAN + (
 
 NODE_FIELDS: Final[Tuple[str, ...]] = (
     keys.FORCES_UNCERTAINTY,
+    keys.FORCES_FEATURE_DISTANCE,
     *_COMMON_CARTESIAN,
     *(f for fields in PARAM_FIELDS.values() for f in fields),
 )
 
-#: Uncertainty fields every head returns (what the ``ase_uq`` compile target exports).
-UNCERTAINTY_FIELDS: Final[Tuple[str, ...]] = (
+#: Uncertainty fields a model with a head must return (files compiled by earlier versions of
+#: eip-plugins have no feature distance fields).
+REQUIRED_UNCERTAINTY_FIELDS: Final[Tuple[str, ...]] = (
     keys.PER_ATOM_UNCERTAINTY_KEYS + keys.PER_STRUCTURE_UNCERTAINTY_KEYS
 )
+
+#: Uncertainty fields every head returns (what the ``ase_uq`` compile target exports).
+UNCERTAINTY_FIELDS: Final[Tuple[str, ...]] = REQUIRED_UNCERTAINTY_FIELDS + DISTANCE_FIELDS
 
 
 def output_irreps(kind: str) -> Dict[str, object]:
@@ -78,8 +98,8 @@ def output_irreps(kind: str) -> Dict[str, object]:
     The eIP head is deliberately not rotation-equivariant (SPEC §1a), so its fields declare no
     rotation behaviour.
     """
-    if kind == "eip":
-        return {}
+    if kind == "eip":  # only the feature distance is invariant
+        return {k: None for k in DISTANCE_FIELDS}
     out: Dict[str, object] = {k: None for k in _COMMON_INVARIANT}
     out.update({k: "1o" for k in _COMMON_CARTESIAN})
     for f in PARAM_FIELDS[kind]:

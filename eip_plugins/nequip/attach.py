@@ -33,16 +33,16 @@ from torch import nn
 
 from ..attach import (
     AttachError,
-    FeatureCache,
-    FeatureChunk,
     atomic_write,
     check_output_path,
     read_labelled,
     train_attached_head,
 )
 from ..attach.verify import require_identical_predictions
+from ..calibration import CalibrationSettings
 from ..core.config import HeadConfig
 from . import _fields
+from .features import extract_features, frames_to_batches
 
 log = logging.getLogger(__name__)
 
@@ -290,68 +290,11 @@ def feature_layer_description(attached: nn.Module) -> str:
     return f"node features of '{tapped}' ({irreps})"
 
 
-# -- features ---------------------------------------------------------------------------------------
-def _batches(graph_model: nn.Module, frames, forces_key: str, batch_size: int):
-    from nequip.data import AtomicDataDict, from_ase
-    from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
-
-    # each element maps to the type of the same name (attach_head checked they are elements)
-    type_names = list(graph_model.type_names)
-    mapper = ChemicalSpeciesToAtomTypeMapper(
-        model_type_names=type_names,
-        chemical_species_to_atom_type_map={t: t for t in type_names},
-    )
-    neighbors = NeighborListTransform(r_max=float(graph_model.metadata["r_max"]))
-    for start in range(0, len(frames), batch_size):
-        chunk = frames[start : start + batch_size]
-        data = [neighbors(mapper(from_ase(atoms))) for atoms in chunk]
-        reference = torch.cat([torch.as_tensor(a.arrays[forces_key]) for a in chunk])
-        yield AtomicDataDict.batched_from_list(data), reference
-
-
-def extract_features(
-    attached: nn.Module,
-    frames,
-    forces_key: str = "REF_forces",
-    batch_size: int = 16,
-    max_atoms_in_memory: int = 2_000_000,
-) -> FeatureCache:
-    """Run the frozen backbone once over ``frames``: tapped node features, forces, reference
-    forces (a forward hook on the feature tap reads the features)."""
-    from nequip.data import AtomicDataDict
-
-    from .head_module import NodeFeatureTap
-
-    taps = [m for m in attached.modules() if isinstance(m, NodeFeatureTap)]
-    captured = {}
-    handle = taps[0].register_forward_hook(
-        lambda _m, _i, out: captured.update(f=out[_fields.HEAD_FEATURES].detach())
-    )
-    cache = FeatureCache(max_atoms_in_memory=max_atoms_in_memory)
-    try:
-        for batch, reference in _batches(attached, frames, forces_key, batch_size):
-            out = attached(batch)
-            forces = out[AtomicDataDict.FORCE_KEY].detach()
-            feats = captured.pop("f")
-            cache.append(
-                FeatureChunk(
-                    feats,
-                    forces.to(feats.dtype),
-                    reference.to(feats.dtype),
-                    batch[AtomicDataDict.BATCH_KEY].detach(),
-                    AtomicDataDict.num_frames(batch),
-                )
-            )
-    finally:
-        handle.remove()
-    return cache
-
-
 def _predict(model: nn.Module, frames, forces_key: str) -> dict[str, torch.Tensor]:
     from nequip.data import AtomicDataDict
 
     out = {"energy": [], "forces": []}
-    for batch, _ in _batches(model, frames, forces_key, batch_size=len(frames)):
+    for batch, _ in frames_to_batches(model, frames, forces_key, batch_size=len(frames)):
         result = model(batch)
         out["energy"].append(result[AtomicDataDict.TOTAL_ENERGY_KEY].detach())
         out["forces"].append(result[AtomicDataDict.FORCE_KEY].detach())
@@ -383,8 +326,11 @@ def attach_head(
     seed: int = 0,
     max_atoms_in_memory: int = 2_000_000,
     progress: bool = True,
+    calibration: CalibrationSettings | None = None,
 ) -> dict[str, Any]:
-    """Attach, train, verify and save. Returns a before/after report on the validation data.
+    """Attach, train, fit the feature statistics and recalibration (``calibration``, default
+    :class:`CalibrationSettings`), verify and save. Returns a before/after report on the
+    validation data.
 
     The input checkpoint is only read. The output (a ``.ckpt``) is written to a temporary file
     beside it, reloaded and checked (energies and forces equal the input model's), then renamed
@@ -449,6 +395,7 @@ def attach_head(
         patience=patience,
         seed=seed,
         progress=progress,
+        calibration=calibration or CalibrationSettings(),
     )
     head_module.eval()
     _sync_ema(module)

@@ -66,7 +66,7 @@ class NequIPUQCalculator(_IntegrationLoaderMixin, UncertaintyCalculator):
                 raise ValueError("call .eval() on the model before building the calculator")
             # duck-typed: classes of a nequip-package'd model live in the package's namespace
             if not any(getattr(m, "head_kind", None) in HEAD_KINDS for m in model.modules()):
-                missing = list(_fields.UNCERTAINTY_FIELDS)
+                missing = list(_fields.REQUIRED_UNCERTAINTY_FIELDS)
                 raise ValueError(_NO_HEAD.format(what="this model", missing=missing, hint=""))
             model = model.to(self.device)
         self.model = model
@@ -150,10 +150,14 @@ class NequIPUQCalculator(_IntegrationLoaderMixin, UncertaintyCalculator):
         stress = out.get(AtomicDataDict.STRESS_KEY, None)
         if stress is not None and stress.numel() == 9 and atoms.cell.rank == 3:
             result["stress"] = stress.reshape(3, 3)
-        for k in _fields.UNCERTAINTY_FIELDS:
+        for k in _fields.REQUIRED_UNCERTAINTY_FIELDS:
             result[k] = out[k]
-        for k in keys.PER_STRUCTURE_UNCERTAINTY_KEYS:
-            result[k] = out[k].reshape(1)
+        for k in _fields.DISTANCE_FIELDS:  # absent from files compiled by older versions
+            if k in out:
+                result[k] = out[k]
+        for k in (*keys.PER_STRUCTURE_UNCERTAINTY_KEYS, *keys.PER_STRUCTURE_DISTANCE_KEYS):
+            if k in result:
+                result[k] = result[k].reshape(1)
         for k in keys.RAW_PARAMETER_KEYS:  # evidential parameters, for NLL/CE/ES metrics
             if k in out:
                 result[k] = out[k]
@@ -195,7 +199,7 @@ def _check_compiled_outputs(compile_path, device) -> None:
     target = NequIPUQCalculator._get_aoti_compile_target()
     _, metadata = load_compiled_model(path, device, list(target["input"]), None)
     outputs = parse_aoti_keys(metadata.get(NEQUIP_AOTI_OUTPUTS_KEY, ""))
-    missing = [k for k in _fields.UNCERTAINTY_FIELDS if k not in outputs]
+    missing = [k for k in _fields.REQUIRED_UNCERTAINTY_FIELDS if k not in outputs]
     if missing:
         hint = (
             f", then `nequip-compile ... --mode aotinductor --target {ASE_UQ_TARGET}` (a model "

@@ -46,10 +46,14 @@ class EvidentialHeadOutput(GraphModuleMixin, torch.nn.Module):
             (N, 3) eV/A and the tapped features ``feature_field``.
         head: head hyperparameters (``HeadConfig`` fields as a dict, ``kind`` included).
         feature_field: the field written by :class:`NodeFeatureTap`.
+        num_types: number of model types; the head's per-element feature statistics are indexed
+            by the atom type (``atom_types``).
 
-    Output (added to ``func``'s): the five uncertainty fields of :mod:`eip_plugins.core.keys`
-    and the head parameters (:data:`eip_plugins.nequip._fields.PARAM_FIELDS`). Forces, energy and
-    stress are ``func``'s, unchanged.
+    Output (added to ``func``'s): the five uncertainty fields of :mod:`eip_plugins.core.keys`,
+    the feature distance fields (``forces_feature_distance``, ``feature_distance``,
+    ``feature_distance_max``) and the head parameters
+    (:data:`eip_plugins.nequip._fields.PARAM_FIELDS`). Forces, energy and stress are ``func``'s,
+    unchanged.
     """
 
     feature_field: str
@@ -60,6 +64,7 @@ class EvidentialHeadOutput(GraphModuleMixin, torch.nn.Module):
         func: GraphModuleMixin,
         head: Dict,
         feature_field: str = _fields.HEAD_FEATURES,
+        num_types: int = 1,
     ):
         super().__init__()
         config = head if isinstance(head, HeadConfig) else HeadConfig(**dict(head))
@@ -72,7 +77,7 @@ class EvidentialHeadOutput(GraphModuleMixin, torch.nn.Module):
         self.feature_field = feature_field
         self.head_kind = config.kind
         self.head_config = config.to_dict()
-        self.head = build_head(config, func.irreps_out[feature_field])
+        self.head = build_head(config, func.irreps_out[feature_field], num_species=num_types)
         irreps_out = dict(func.irreps_out)
         irreps_out.pop(feature_field)
         irreps_out.update(_fields.output_irreps(config.kind))
@@ -83,17 +88,20 @@ class EvidentialHeadOutput(GraphModuleMixin, torch.nn.Module):
         data = self.func(data)
         feats = data.pop(self.feature_field)
         forces = data[AtomicDataDict.FORCE_KEY]
+        species = data[AtomicDataDict.ATOM_TYPE_KEY].reshape(-1)
         # forces are -dE/dpos in the dtype of the positions (float64 data for a float32 model)
-        params = self.head(feats, forces.to(feats.dtype))
+        params, distance_sq = self.head.forward_with_distance(
+            feats, forces.to(feats.dtype), species
+        )
         if AtomicDataDict.BATCH_KEY in data:
             batch = data[AtomicDataDict.BATCH_KEY]
             num_graphs = AtomicDataDict.num_frames(data)
-            data.update(self.head.fields(params, batch, num_graphs))
+            data.update(self.head.fields(params, batch, num_graphs, distance_sq))
         else:
             # single-frame inference (the ASE compile target drops `batch`): plain reductions.
             # The scatter of the batched path (index_add with an all-zero index into a size-1
             # buffer) trips an Inductor CPU codegen assertion in torch 2.13.
-            data.update(single_frame_fields(self.head, params))
+            data.update(single_frame_fields(self.head, params, distance_sq))
         data.update(closed_form_fields(params))
         return data
 
@@ -105,15 +113,20 @@ class EvidentialHeadOutput(GraphModuleMixin, torch.nn.Module):
         covariance.set_psi0(psi0)
 
 
-def single_frame_fields(head: torch.nn.Module, params) -> Dict[str, Tensor]:
-    """``head.fields`` for one structure: sigma (N,), covariances (N, 3, 3), mean/max (1,)."""
+def single_frame_fields(head: torch.nn.Module, params, distance_sq: Tensor) -> Dict[str, Tensor]:
+    """``head.fields`` for one structure: sigma (N,), covariances (N, 3, 3), feature distance
+    (N,), their means/maxima (1,)."""
     unc = head.uncertainty(params)
+    distance = torch.sqrt(distance_sq)
     out = {
         keys.FORCES_UNCERTAINTY: unc.sigma,
         keys.FORCES_EPISTEMIC_COV: unc.epistemic_cov,
         keys.FORCES_ALEATORIC_COV: unc.aleatoric_cov,
         keys.UNCERTAINTY: unc.sigma.mean().reshape(1),
         keys.UNCERTAINTY_MAX: unc.sigma.amax().reshape(1),
+        keys.FORCES_FEATURE_DISTANCE: distance,
+        keys.FEATURE_DISTANCE: distance.mean().reshape(1),
+        keys.FEATURE_DISTANCE_MAX: distance.amax().reshape(1),
     }
     out.update(head.output_fields(params))
     return out

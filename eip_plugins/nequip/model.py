@@ -69,7 +69,10 @@ def head_config(
 
 
 def attach_evidential_head(
-    force_model: ForceStressOutput, config: HeadConfig, feature_layer: int = -2
+    force_model: ForceStressOutput,
+    config: HeadConfig,
+    feature_layer: int = -2,
+    num_types: int = 1,
 ) -> EvidentialHeadOutput:
     """Tap the node features of a convnet layer and wrap ``force_model`` with the head.
 
@@ -79,6 +82,8 @@ def attach_evidential_head(
         feature_layer: which ``ConvNetLayer`` to read (Python index over the convnet layers;
             default ``-2``: NequIP's last layer outputs scalars only, the one before it is the
             last with the vector (1o) features the head needs).
+        num_types: number of model types (``len(type_names)``), for the head's per-type
+            feature statistics.
     """
     if not isinstance(force_model, ForceStressOutput) or not force_model.do_derivatives:
         raise ValueError("the evidential head needs a model that predicts forces by autograd")
@@ -104,7 +109,7 @@ def attach_evidential_head(
     tap = NodeFeatureTap(irreps_in=getattr(energy_model, layer).irreps_out)
     energy_model.insert(_fields.HEAD_FEATURES, tap, after=layer)
     new_force_model = ForceStressOutput(energy_model, do_derivatives=True)
-    return EvidentialHeadOutput(new_force_model, config)
+    return EvidentialHeadOutput(new_force_model, config, num_types=num_types)
 
 
 @model_builder
@@ -131,7 +136,9 @@ def EvidentialNequIPGNNModel(
     """
     config = head_config(head, head_options, forces_rms)
     _register_for_packaging()
-    return attach_evidential_head(NequIPGNNModel(**kwargs), config, feature_layer)
+    return attach_evidential_head(
+        NequIPGNNModel(**kwargs), config, feature_layer, _num_types(kwargs)
+    )
 
 
 @model_builder
@@ -145,7 +152,16 @@ def EvidentialPresetNequIPGNNModel(
     """``nequip.model.PresetNequIPGNNModel`` (``preset: S/M/L/XL``) with an evidential head."""
     config = head_config(head, head_options, forces_rms)
     _register_for_packaging()
-    return attach_evidential_head(PresetNequIPGNNModel(**kwargs), config, feature_layer)
+    return attach_evidential_head(
+        PresetNequIPGNNModel(**kwargs), config, feature_layer, _num_types(kwargs)
+    )
+
+
+def _num_types(builder_kwargs: Dict[str, Any]) -> int:
+    type_names = builder_kwargs.get("type_names")
+    if not type_names:
+        raise ValueError("the model config needs `type_names` (one per atom type)")
+    return len(type_names)
 
 
 # arguments the outer builder keeps (GraphModel metadata) and forwards to the backbone's builder
@@ -200,4 +216,6 @@ def EvidentialHeadOnModel(
         shared["per_edge_type_cutoff"] = per_edge_type_cutoff
     _register_for_packaging()
     # an inner @model_builder call returns the raw force module (no GraphModel wrapper)
-    return attach_evidential_head(builder(**backbone, **shared), config, feature_layer)
+    return attach_evidential_head(
+        builder(**backbone, **shared), config, feature_layer, len(type_names)
+    )

@@ -44,8 +44,8 @@ class ToyUQCalculator(UncertaintyCalculator):
         energy = 0.5 * ((d - self.r0) ** 2).triu(1).sum()
         (grad,) = torch.autograd.grad(energy, pos, create_graph=keep_graph)
         forces = -grad
-        params = self.head(self.backbone(pos), forces)
-        out = self.head.fields(params, torch.zeros(len(pos), dtype=torch.long), 1)
+        params, distance_sq = self.head.forward_with_distance(self.backbone(pos), forces)
+        out = self.head.fields(params, torch.zeros(len(pos), dtype=torch.long), 1, distance_sq)
         out.update(energy=energy, forces=forces, positions=pos)
         return out
 
@@ -218,3 +218,23 @@ def test_loop_two_generations_resume_without_duplicates(tmp_path):
     for name in ("trajectory.xyz", "md_log.txt", "md.png", "selected.xyz", "labelled.xyz"):
         assert (tmp_path / "al" / "gen_002" / name).exists(), name
     assert 0.0 <= state["generations"][1]["entropy"] <= 1.0
+
+
+def test_md_records_the_feature_distance_and_frames_can_be_selected_on_it(tmp_path):
+    from core_helpers import fit_random_statistics
+
+    from eip_plugins.dynamics import run_md
+
+    calc = ToyUQCalculator()
+    fit_random_statistics(calc.head)
+    traj = run_md(molecule("CH3CH2OH"), calc, MDSettings(steps=20, record_every=5))
+    log = traj.log
+    assert np.all(log["feature_distance"] > 0)
+    assert np.all(log["feature_distance_max"] >= log["feature_distance"])
+    assert traj.frames[-1].info["feature_distance"] == log["feature_distance"][-1]
+    with pytest.raises(ValueError, match="select_on"):
+        ALSettings(select_on="energy")
+    settings = ALSettings(select_on="feature_distance", statistic="max", max_frames=1)
+    column = f"{settings.select_on}_max"
+    chosen = select_uncertain_frames(log[column], -np.inf, 1, settings.max_frames)
+    assert chosen == [int(np.argmax(log["feature_distance_max"]))]

@@ -88,3 +88,42 @@ def test_a_one_ulp_force_change_is_refused():
     after["forces"][2, 1] = torch.nextafter(after["forces"][2, 1], torch.tensor(1e9))
     with pytest.raises(RuntimeError, match="changes the backbone's forces.*nothing was written"):
         require_identical_predictions(before, after)
+
+
+def test_calibrate_head_fits_statistics_and_scale_and_reports_before_after():
+    from eip_plugins.calibration import CalibrationSettings, calibrate_head, head_predictions
+    from eip_plugins.core.predictive import predictive_distribution
+
+    backbone, train = _synthetic_cache(24, seed=0)
+    _, valid = _synthetic_cache(12, seed=1)
+    torch.manual_seed(0)
+    head = build_head(HeadConfig(kind="e2ip", hidden=8), backbone.irreps_out).double()
+    head.covariance.set_psi0(initial_psi0(train))
+    report = calibrate_head(head, train, valid, CalibrationSettings(recalibrate="nll"))
+    assert report["statistics"]["atoms_per_species"] == [24 * 8]
+    assert head.density.fitted and float(head.variance_scale.scale) == report["variance_scale"]
+    # "before" is the head without statistics and scale; the scale is the validation NLL optimum
+    head.variance_scale.set(1.1 * report["variance_scale"])
+    params, ref, _, _ = head_predictions(head, valid)
+    nll_off = predictive_distribution(params).nll(ref).mean().item()
+    head.variance_scale.set(report["variance_scale"])
+    assert report["after"]["nll"] < nll_off and report["before"]["nll"] != report["after"]["nll"]
+    assert report["after"]["mean_feature_distance"] > 0
+    off = calibrate_head(head, train, valid, CalibrationSettings(density=False, recalibrate="none"))
+    assert not head.density.fitted and off["variance_scale"] == 1.0
+    assert off["after"]["nll"] == off["before"]["nll"]
+
+
+def test_a_failed_calibration_keeps_the_head_as_trained(caplog):
+    from eip_plugins.calibration import CalibrationSettings, calibrate_or_keep
+
+    backbone, train = _synthetic_cache(8, seed=0)
+    head = build_head(HeadConfig(kind="e2ip", hidden=8), backbone.irreps_out).double()
+    before = {k: v.clone() for k, v in head.state_dict().items()}
+    broken = [
+        FeatureChunk(c.node_feats * float("nan"), c.forces, c.forces_ref, c.batch, 4) for c in train
+    ]
+    assert calibrate_or_keep(head, broken, None, CalibrationSettings()) is None
+    assert "uncertainty calibration failed (non-finite node features" in caplog.text
+    for key, value in head.state_dict().items():
+        assert torch.equal(value, before[key]), key

@@ -63,12 +63,12 @@ def attached(tmp_path_factory, data) -> dict:
 
 
 def _forward(model_path: Path, frames):
-    from eip_plugins.mace.attach import _batches
+    from eip_plugins.mace.features import frames_to_batches
 
     model = torch.load(model_path, map_location="cpu", weights_only=False)
     backbone = getattr(model, "model", model) if hasattr(model, "eip_head_kind") else model
     out = []
-    for batch in _batches(backbone, frames, "REF_forces", None, 8):
+    for batch in frames_to_batches(backbone, frames, "REF_forces", None, 8):
         res = model(batch.to_dict(), training=False, compute_force=True)
         out.append((res["energy"].detach().numpy(), res["forces"].detach().numpy()))
     return out
@@ -85,6 +85,15 @@ def test_backbone_predictions_are_bit_identical(attached, data):
     rep = attached["report"]
     assert rep["before"]["force_mae"] == pytest.approx(rep["after"]["force_mae"], rel=1e-12)
     assert "Spearman" in attached["stdout"] and "CE" in attached["stdout"]
+    # the attached head is calibrated: statistics of the training atoms, a fitted scale
+    calibration = rep["calibration"]
+    assert sum(calibration["statistics"]["atoms_per_species"]) == 150 * 9
+    assert calibration["variance_scale"] != 1.0 and "calibration: c =" in attached["stdout"]
+    head = torch.load(attached["model"], map_location="cpu", weights_only=False).head
+    assert head.density.fitted
+    assert float(head.variance_scale.scale) == pytest.approx(
+        calibration["variance_scale"], rel=1e-6
+    )
 
 
 def test_sigma_ranks_errors_on_the_hot_split(attached, data):
@@ -108,10 +117,15 @@ def test_round_trip_through_eval_configs_and_torchscript(attached, data, tmp_pat
     path = tmp_path / "attached_compiled.model"
     torch.jit.save(scripted, path)
     calc = MACEUQCalculator(model_paths=str(path), default_dtype="float64")
+    eager = MACEUQCalculator(model_paths=str(attached["model"]), default_dtype="float64")
     atoms = ase.io.read(data["test_300K"], 0)
     atoms.calc = calc
     atoms.get_forces()
     assert calc.results["forces_epistemic_cov"].shape == (len(atoms), 3, 3)
+    for key in ("forces_feature_distance", "forces_uncertainty"):
+        expected = eager.get_property(key, atoms.copy())
+        assert np.all(expected > 0)
+        np.testing.assert_allclose(calc.results[key], expected, rtol=1e-6)
 
 
 def _attach_error(args, cwd) -> str:

@@ -19,7 +19,12 @@ from eip_plugins.mace.model import head_config_of
 
 pytestmark = pytest.mark.slow
 
-FIELDS = (*keys.PER_ATOM_UNCERTAINTY_KEYS, *keys.PER_STRUCTURE_UNCERTAINTY_KEYS)
+FIELDS = (
+    *keys.PER_ATOM_UNCERTAINTY_KEYS,
+    *keys.PER_STRUCTURE_UNCERTAINTY_KEYS,
+    keys.FORCES_FEATURE_DISTANCE,
+    *keys.PER_STRUCTURE_DISTANCE_KEYS,
+)
 
 
 def _batch(model, path, n=4):
@@ -91,7 +96,7 @@ def test_loss_equals_core_objective_for_unit_weights(e2ip_run, data):
     out = model(d, training=True, compute_force=True)
     ref = dict(d)
     assert torch.all(ref["weight"] == 1) and torch.all(ref["forces_weight"] == 1)
-    params = model.head(out["node_feats"], out["forces"])
+    params = model.head(out["node_feats"], out["forces"], ref["node_attrs"].argmax(-1))
     num_atoms = ref["ptr"][1:] - ref["ptr"][:-1]
     expected = evidential_total_loss(
         model.head, params, ref["forces"], out["energy"], ref["energy"], num_atoms, config
@@ -160,4 +165,9 @@ def test_restart_latest_restores_head(e2ip_run, data, tmp_path):
     trained = _load(e2ip_run["model"]).head.state_dict()
     restored = _load(workdir / "e2ip.model").head.state_dict()
     for key in trained:  # no further epoch: the saved head is the checkpoint's
-        torch.testing.assert_close(restored[key], trained[key], rtol=0, atol=0)
+        if key.startswith(("density.", "variance_scale.")):
+            # refitted at the end of the restarted run on the same data (loader order differs)
+            torch.testing.assert_close(restored[key], trained[key], rtol=2e-4, atol=1e-5)
+        else:
+            torch.testing.assert_close(restored[key], trained[key], rtol=0, atol=0)
+    assert float(restored["density.count"].sum()) > 0

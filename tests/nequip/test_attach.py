@@ -101,6 +101,9 @@ def test_backbone_predictions_are_bit_identical(attached):
     assert rep["features"].startswith("node features of 'layer0_convnet'")
     assert "1o" in rep["features"]
     assert "Spearman" in attached["stdout"] and "layer0_convnet" in attached["stdout"]
+    calibration = rep["calibration"]  # the attached head is calibrated as well
+    assert calibration["statistics"]["atoms_per_species"] == [600, 1800, 300]  # C, H, O
+    assert calibration["variance_scale"] != 1.0
 
 
 def test_sigma_ranks_errors_on_the_hot_split(attached):
@@ -130,7 +133,8 @@ def test_round_trip_through_package_and_compile(attached):
     ref = _results(NequIPUQCalculator.from_saved_model(attached["model"]), atoms)
     packaged = _results(NequIPUQCalculator.from_saved_model(package), atoms)
     aoti = _results(NequIPUQCalculator.from_compiled_model(compiled), atoms)
-    for key in ("forces", "forces_uncertainty", "forces_epistemic_cov"):
+    assert np.all(ref["forces_feature_distance"] > 0)
+    for key in ("forces", "forces_uncertainty", "forces_epistemic_cov", "forces_feature_distance"):
         np.testing.assert_array_equal(packaged[key], ref[key])
         np.testing.assert_allclose(aoti[key], ref[key], rtol=1e-4, atol=1e-6)
 
@@ -217,6 +221,11 @@ def test_bad_input(attached, tmp_path):
         attach_head(plain, train, out, feature_layer=5, max_epochs=1)
     with pytest.raises(ValueError, match="quantile"):
         attach_head(plain, train, out, head="eip", head_options={"quantile": 1.5})
+
+    from eip_plugins.nequip.calibration import calibrate_checkpoint
+
+    with pytest.raises(AttachError, match="plain NequIP model without an evidential head"):
+        calibrate_checkpoint(plain, train, None, out)
 
     assert _sha(plain) == attached["plain_sha"]
     assert not out.exists() and not list(tmp_path.glob(".o.ckpt.*"))

@@ -79,6 +79,10 @@ def test_compiled_calculator_outputs(runs, head, ethanol_300K):
         np.testing.assert_allclose(
             res[keys.FORCES_UNCERTAINTY], res_ref[keys.FORCES_UNCERTAINTY], rtol=1e-4, atol=1e-6
         )
+        # the feature statistics fitted into best.ckpt are compiled in
+        assert np.all(res_ref[keys.FORCES_FEATURE_DISTANCE] > 0)
+        for k in (keys.FORCES_FEATURE_DISTANCE, *keys.PER_STRUCTURE_DISTANCE_KEYS):
+            np.testing.assert_allclose(res[k], res_ref[k], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -130,6 +134,11 @@ def test_resume_from_last_ckpt_restores_head(runs, tmp_path):
     resumed_first = losses(run_dir, step)[0]
     # a resumed (not re-initialised) model starts where the saved run ended
     assert abs(resumed_first - saved_final) < 0.5 * abs(fresh_first - saved_final)
+    # the resumed run's checkpoints are calibrated again (statistics of the same training set)
+    old = ckpt["state_dict"]
+    new = torch.load(run_dir / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
+    count = next(k for k in old if k.endswith("head.density.count"))
+    assert torch.equal(new[count], old[count]) and float(old[count].sum()) > 0
 
 
 @pytest.mark.slow

@@ -83,15 +83,25 @@ def test_metrics_match_core_over_an_epoch(ethanol_300K, ethanol_1200K):
 @pytest.mark.parametrize("head", ["e2ip", "mve"])
 def test_batched_and_single_frame_fields_agree(head, ethanol_300K):
     """The compile-friendly single-frame path (no `batch`) equals the batched path."""
+    from eip_plugins.calibration import fit_feature_statistics
+    from eip_plugins.nequip.calibration import head_of
+    from eip_plugins.nequip.features import feature_chunks
+
     model = build_model(head)
     model.eval()
     data = to_data(ethanol_300K[:1])
+    # statistics of a few frames, so that the distance fields are not all zero
+    head_module = head_of(model)
+    batches = [(to_data(ethanol_300K[i : i + 5]), torch.zeros(45, 3)) for i in (5, 10, 15)]
+    fit_feature_statistics(head_module, feature_chunks(model, batches), shrinkage=0.1)
     batched = model(data.copy())
     single = data.copy()
     single.pop(AtomicDataDict.BATCH_KEY)
     single.pop(AtomicDataDict.NUM_NODES_KEY)
     out = model(single)
-    for k in (*keys.PER_ATOM_UNCERTAINTY_KEYS, *keys.PER_STRUCTURE_UNCERTAINTY_KEYS):
+    distance = (keys.FORCES_FEATURE_DISTANCE, *keys.PER_STRUCTURE_DISTANCE_KEYS)
+    assert (batched[keys.FORCES_FEATURE_DISTANCE] > 0).all()
+    for k in (*keys.PER_ATOM_UNCERTAINTY_KEYS, *keys.PER_STRUCTURE_UNCERTAINTY_KEYS, *distance):
         torch.testing.assert_close(out[k], batched[k])
     assert np.isclose(out[keys.UNCERTAINTY].item(), out[keys.FORCES_UNCERTAINTY].mean().item())
 
@@ -102,11 +112,15 @@ def test_registered_fields():
 
     assert get_field_type(keys.UNCERTAINTY) == "graph"
     assert get_field_type(keys.UNCERTAINTY_MAX) == "graph"
+    for k in (keys.FEATURE_DISTANCE, keys.FEATURE_DISTANCE_MAX):
+        assert get_field_type(k) == "graph"
     for k in (keys.FORCES_UNCERTAINTY, keys.E2IP_KAPPA, keys.EIP_NU, keys.MVE_COV):
         assert get_field_type(k) == "node"
+    assert get_field_type(keys.FORCES_FEATURE_DISTANCE) == "node"
     for k in (keys.FORCES_EPISTEMIC_COV, keys.FORCES_ALEATORIC_COV, keys.E2IP_PSI):
         assert _CARTESIAN_TENSOR_FIELDS[k] == "ij=ji"
     outputs = COMPILE_TARGET_DICT["ase_uq"]["output"]
     assert set(COMPILE_TARGET_DICT["ase"]["output"]) < set(outputs)
     for k in (*keys.PER_ATOM_UNCERTAINTY_KEYS, *keys.PER_STRUCTURE_UNCERTAINTY_KEYS):
         assert k in outputs
+    assert keys.FORCES_FEATURE_DISTANCE in outputs and keys.FEATURE_DISTANCE_MAX in outputs

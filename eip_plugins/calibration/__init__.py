@@ -1,0 +1,20 @@
+"""Fit a trained head's per-element feature statistics and recalibration scale (``eip-calibrate``,
+and automatically at the end of ``mace_run_train --head``, ``nequip-train`` and ``eip-attach``)."""
+
+from .fit import (
+    RECALIBRATION_CHOICES,
+    CalibrationSettings,
+    calibrate_head,
+    calibrate_or_keep,
+    fit_feature_statistics,
+    head_predictions,
+)
+
+__all__ = [
+    "RECALIBRATION_CHOICES",
+    "CalibrationSettings",
+    "calibrate_head",
+    "calibrate_or_keep",
+    "fit_feature_statistics",
+    "head_predictions",
+]

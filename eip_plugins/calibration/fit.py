@@ -1,0 +1,202 @@
+"""Fit a trained head's feature statistics (density-aware evidence) and its recalibration scale.
+
+Framework-neutral: the adapters turn their data into :class:`~eip_plugins.attach.FeatureChunk`
+iterables (node features, backbone forces, reference forces and species of whole structures) and
+call :func:`calibrate_head`:
+
+1. one pass without gradients over the *training* chunks accumulates per-species mean and
+   covariance of the head's invariant descriptors (:class:`~eip_plugins.core.FeatureStatistics`)
+   and stores them in ``head.density``;
+2. one pass over the *validation* chunks gives the head's parameters with the new statistics and
+   c = 1; the scale c that minimises their NLL (or CE) is stored in ``head.variance_scale``.
+
+Both are buffers of the model: every save / compile / package path carries them.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from ..core.feature_density import (
+    DEFAULT_POWER,
+    DEFAULT_SHRINKAGE,
+    DEFAULT_STRENGTH,
+    FeatureStatistics,
+)
+from ..core.metrics import calibration, force_error, roc_auc, spearman
+from ..core.predictive import predictive_distribution
+from ..core.recalibration import OBJECTIVES, fit_variance_scale
+
+log = logging.getLogger(__name__)
+
+RECALIBRATION_CHOICES = (*OBJECTIVES, "none")
+
+
+@dataclass
+class CalibrationSettings:
+    """What :func:`calibrate_head` fits.
+
+    Attributes:
+        density: fit the per-element feature statistics (density-aware evidence and the
+            ``forces_feature_distance`` output); ``False`` leaves them empty (r = 0).
+        strength, power: a >= 0 and p >= 1 of the evidence factor 1 / (1 + a r^(2p)); a = 0 keeps
+            the evidence as trained but still reports the distance.
+        recalibrate: ``"nll"`` (default), ``"ce"`` or ``"none"`` (c = 1).
+        shrinkage: minimum shrinkage of the covariances toward their diagonal, in [0, 1].
+    """
+
+    density: bool = True
+    strength: float = DEFAULT_STRENGTH
+    power: float = DEFAULT_POWER
+    recalibrate: str = "nll"
+    shrinkage: float = DEFAULT_SHRINKAGE
+
+    def __post_init__(self) -> None:
+        if self.recalibrate not in RECALIBRATION_CHOICES:
+            raise ValueError(
+                f"invalid recalibrate={self.recalibrate!r}: one of {RECALIBRATION_CHOICES}"
+            )
+        if not 0.0 <= self.shrinkage <= 1.0:
+            raise ValueError(f"invalid shrinkage={self.shrinkage!r}: must lie in [0, 1]")
+        if not self.strength >= 0.0:
+            raise ValueError(f"invalid density strength={self.strength!r}: must be >= 0")
+        if not self.power >= 1.0:
+            raise ValueError(f"invalid density power={self.power!r}: must be >= 1")
+
+
+def _species(chunk) -> torch.Tensor:
+    if chunk.species is not None:
+        return chunk.species
+    return torch.zeros(chunk.node_feats.shape[0], dtype=torch.long)
+
+
+@torch.no_grad()
+def fit_feature_statistics(head: nn.Module, chunks: Iterable, shrinkage: float) -> dict:
+    """Accumulate and store the per-species statistics of ``head``'s descriptors.
+
+    Returns ``{"atoms_per_species": [...], "dim": D, "seconds": wall time of the pass}``.
+    """
+    t0 = time.perf_counter()
+    density = head.density
+    stats = FeatureStatistics(density.num_species, density.dim)
+    for chunk in chunks:
+        stats.update(head.invariants(chunk.node_feats), _species(chunk))
+    density.load_statistics(stats.finalize(shrinkage=shrinkage))
+    return {
+        "atoms_per_species": stats.count.long().tolist(),
+        "dim": density.dim,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+
+
+@torch.no_grad()
+def head_predictions(head: nn.Module, chunks: Iterable):
+    """The head's parameters (float64), reference forces, backbone forces and feature distance
+    over every atom of ``chunks``."""
+    params, ref, forces, dist = [], [], [], []
+    for chunk in chunks:
+        p, d2 = head.forward_with_distance(chunk.node_feats, chunk.forces, _species(chunk))
+        params.append(p)
+        ref.append(chunk.forces_ref.double())
+        forces.append(chunk.forces.double())
+        dist.append(d2.double())
+    if not params:
+        raise ValueError("no validation structures to recalibrate on")
+    kind = type(params[0])
+    stacked = kind(*(torch.cat([getattr(p, f) for p in params]).double() for f in kind._fields))
+    return stacked, torch.cat(ref), torch.cat(forces), torch.cat(dist)
+
+
+def _quality(head, params, forces_ref, forces) -> dict:
+    dist = predictive_distribution(params)
+    sigma = head.uncertainty(params).sigma
+    error = force_error(forces, forces_ref)
+    return {
+        "nll": float(dist.nll(forces_ref).mean()),
+        "ce": calibration(dist.credible_level(forces_ref))["ce"],
+        "spearman": spearman(sigma, error),
+        "roc_auc": roc_auc(sigma, error),
+        "mean_sigma": float(sigma.mean()),
+    }
+
+
+def calibrate_head(
+    head: nn.Module,
+    train_chunks: Iterable,
+    valid_chunks: Iterable | None,
+    settings: CalibrationSettings | None = None,
+) -> dict:
+    """Fit ``head.density`` on ``train_chunks`` and ``head.variance_scale`` on ``valid_chunks``.
+
+    Without validation chunks (or with ``recalibrate="none"``) c is 1. Returns a report with the
+    settings, the statistics, c, the validation metrics before (the head as trained: no
+    statistics, c = 1) and after, and the time taken (s).
+    """
+    settings = settings or CalibrationSettings()
+    t0 = time.perf_counter()
+    was_training = head.training
+    head.eval()
+    head.density.reset()
+    head.density.set_evidence_form(settings.strength, settings.power)
+    head.variance_scale.set(1.0)
+    report: dict = {"settings": asdict(settings)}
+    valid_chunks = list(valid_chunks) if valid_chunks is not None else None
+    if valid_chunks:
+        params, ref, forces, _ = head_predictions(head, valid_chunks)
+        report["before"] = _quality(head, params, ref, forces)
+    if settings.density:
+        report["statistics"] = fit_feature_statistics(head, train_chunks, settings.shrinkage)
+    scale = 1.0
+    if valid_chunks:
+        params, ref, forces, dist_sq = head_predictions(head, valid_chunks)
+        if settings.recalibrate != "none":
+            scale = fit_variance_scale(params, ref, settings.recalibrate)
+            head.variance_scale.set(scale)
+            params, ref, forces, dist_sq = head_predictions(head, valid_chunks)
+        report["after"] = _quality(head, params, ref, forces)
+        report["after"]["mean_feature_distance"] = float(torch.sqrt(dist_sq).mean())
+    report["variance_scale"] = scale
+    report["seconds"] = time.perf_counter() - t0
+    head.train(was_training)
+    log.info(
+        "uncertainty calibration: statistics %s, c = %.4g%s (%.1f s)",
+        report.get("statistics", "off"),
+        scale,
+        _before_after(report),
+        report["seconds"],
+    )
+    return report
+
+
+def calibrate_or_keep(head: nn.Module, train_chunks, valid_chunks, settings) -> dict | None:
+    """:func:`calibrate_head` at the end of a training run: if it fails (e.g. non-finite
+    features), the head is restored as it was, one warning names the reason, and ``None`` is
+    returned, so that the run still writes its model."""
+    saved = {k: v.detach().clone() for k, v in head.state_dict().items()}
+    try:
+        return calibrate_head(head, train_chunks, valid_chunks, settings)
+    except (ValueError, RuntimeError, FloatingPointError) as err:
+        head.load_state_dict(saved)
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        log.warning(
+            "uncertainty calibration failed (%s); the head is kept as trained: run "
+            "`eip-calibrate` on the saved model once the cause is fixed",
+            first,
+        )
+        return None
+
+
+def _before_after(report: dict) -> str:
+    if "before" not in report:
+        return ""
+    b, a = report["before"], report["after"]
+    return (
+        f"; validation CE {b['ce']:.3f} -> {a['ce']:.3f}, NLL {b['nll']:.3f} -> {a['nll']:.3f}, "
+        f"Spearman {b['spearman']:.3f} -> {a['spearman']:.3f}"
+    )

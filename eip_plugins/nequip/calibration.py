@@ -1,0 +1,226 @@
+"""Feature statistics and recalibration for NequIP models with a head.
+
+- :class:`UncertaintyCalibration`: a Lightning callback for ``nequip-train`` (``config_with_eip``
+  lists it under ``trainer.callbacks``). When fitting ends (before ``test`` runs on
+  ``best.ckpt``) it loads the evaluation model of every checkpoint the ``ModelCheckpoint``
+  callbacks wrote (``best.ckpt``, ``last.ckpt``) exactly as NequIP loads it for inference (EMA
+  weights), fits the head's per-type feature statistics on the training data and the scale c on
+  the validation data, and writes the new head buffers back into that checkpoint (atomically).
+  Everything downstream (``test``, ``nequip-package``, ``nequip-compile``, restarts) then carries
+  them.
+- :func:`calibrate_checkpoint`: ``eip-calibrate nequip`` on a saved checkpoint with a head.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+from ..attach import AttachError, atomic_write, check_output_path, read_labelled
+from ..calibration import CalibrationSettings, calibrate_head, calibrate_or_keep
+from ..core.feature_density import DEFAULT_POWER, DEFAULT_SHRINKAGE, DEFAULT_STRENGTH
+from .features import feature_chunks, frames_to_batches, loader_batches
+
+log = logging.getLogger(__name__)
+
+_HEAD_BUFFERS = (".density.", ".variance_scale.")
+
+
+def head_of(model: torch.nn.Module) -> torch.nn.Module:
+    """The core head inside a NequIP model with a head (ValueError for a plain model)."""
+    for m in model.modules():
+        if getattr(m, "head_kind", None) is not None and hasattr(m, "head"):
+            return m.head
+    raise ValueError("the model has no evidential head")
+
+
+def head_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The fitted head state of ``model``: feature statistics and variance scale, by name."""
+    return {
+        name: buf.detach().cpu().clone()
+        for name, buf in model.named_buffers()
+        if any(part in f".{name}" for part in _HEAD_BUFFERS)
+    }
+
+
+def store_head_buffers(state_dict: dict, buffers: dict[str, torch.Tensor]) -> None:
+    """Write ``buffers`` (names relative to the evaluation model, e.g.
+    ``model.head.density.mean``) into the ``state_dict`` of a single-model NequIP checkpoint
+    (``model.sole_model.<name>``), in the dtype the checkpoint keeps them in. Keys a checkpoint
+    of an older version lacks are added."""
+    from nequip.train.lightning import _SOLE_MODEL_KEY
+
+    for name, value in buffers.items():
+        key = f"model.{_SOLE_MODEL_KEY}.{name}"
+        dtype = state_dict[key].dtype if key in state_dict else value.dtype
+        state_dict[key] = value.to(dtype)
+
+
+class UncertaintyCalibration(Callback):
+    """Fit feature statistics and recalibration into the checkpoints at the end of training.
+
+    Args:
+        density: fit the per-type feature statistics (density-aware evidence and the
+            ``forces_feature_distance`` output).
+        strength, power: a and p of the evidence factor 1 / (1 + a r^(2p)).
+        recalibrate: ``"nll"`` (default), ``"ce"`` or ``"none"``: the objective of the scale c
+            fitted on the validation data.
+        shrinkage: minimum covariance shrinkage toward the diagonal.
+
+    Usage (``trainer.callbacks`` of the config)::
+
+        - _target_: eip_plugins.nequip.UncertaintyCalibration
+          density: true         # per-type feature statistics
+          power: 2.0            # evidence factor 1 / (1 + strength * r^(2 power))
+          recalibrate: nll      # nll | ce | none
+    """
+
+    def __init__(
+        self,
+        density: bool = True,
+        strength: float = DEFAULT_STRENGTH,
+        power: float = DEFAULT_POWER,
+        recalibrate: str = "nll",
+        shrinkage: float = DEFAULT_SHRINKAGE,
+    ):
+        super().__init__()
+        try:
+            self.settings = CalibrationSettings(
+                density=bool(density),
+                strength=float(strength),
+                power=float(power),
+                recalibrate=recalibrate,
+                shrinkage=float(shrinkage),
+            )
+        except ValueError as err:
+            raise ValueError(f"UncertaintyCalibration: {err}") from None
+        self.reports: dict[str, dict] = {}
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if trainer.global_rank == 0:
+            self._calibrate_checkpoints(trainer, pl_module)
+        # under DDP the other ranks wait: a later `test` run reads best.ckpt
+        trainer.strategy.barrier("eip_uncertainty_calibration")
+
+    def _calibrate_checkpoints(self, trainer, pl_module) -> None:
+        paths = []
+        for cb in trainer.checkpoint_callbacks:
+            for path in (getattr(cb, "best_model_path", ""), getattr(cb, "last_model_path", "")):
+                if path and Path(path).is_file() and path not in paths:
+                    paths.append(path)
+        if not paths:
+            log.warning("UncertaintyCalibration: no checkpoint was written; nothing calibrated")
+            return
+        datamodule = trainer.datamodule
+        device = pl_module.device
+        for path in paths:
+            self.reports[path] = calibrate_checkpoint_in_place(
+                path,
+                lambda: loader_batches(datamodule.train_dataloader(), device),
+                lambda: _all_val_batches(datamodule, device),
+                self.settings,
+                device,
+            )
+
+
+def _all_val_batches(datamodule, device):
+    loaders = datamodule.val_dataloader()
+    for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+        yield from loader_batches(loader, device)
+
+
+def calibrate_checkpoint_in_place(path, train_batches, valid_batches, settings, device) -> dict:
+    """Calibrate the evaluation model of checkpoint ``path`` and rewrite ``path`` with the new
+    head buffers (atomically; every other entry of the checkpoint is kept)."""
+    from .attach import load_original
+
+    model = load_original(path).to(device)
+    report = calibrate_or_keep(
+        head_of(model),
+        feature_chunks(model, train_batches()),
+        feature_chunks(model, valid_batches()),
+        settings,
+    )
+    if report is None:  # logged; the checkpoint stays as it was written
+        return {}
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    store_head_buffers(ck["state_dict"], head_buffers(model))
+    atomic_write(path, lambda tmp: torch.save(ck, tmp))
+    log.info(
+        "eip head of %s: feature statistics %s, c = %.4g (%.1f s)",
+        path,
+        report.get("statistics", "off"),
+        report["variance_scale"],
+        report["seconds"],
+    )
+    return report
+
+
+def calibrate_checkpoint(
+    model_path,
+    train_file,
+    valid_file,
+    output,
+    forces_key: str = "REF_forces",
+    batch_size: int = 16,
+    settings: CalibrationSettings | None = None,
+) -> dict:
+    """``eip-calibrate nequip``: refit the statistics and scale of a checkpoint with a head and
+    write a new checkpoint (verified: the same energies and forces as the input)."""
+    from ase.data import atomic_numbers
+
+    from .attach import check_identical, load_checkpoint, load_original
+
+    check_output_path(model_path, output)
+    if not str(output).endswith(".ckpt"):
+        raise AttachError(f"--output {output}: eip-calibrate nequip writes a '.ckpt' checkpoint")
+    if str(model_path).endswith(".nequip.zip"):
+        raise AttachError(
+            f"{model_path} is a nequip-package file: calibrate the checkpoint it was built from, "
+            "then package that"
+        )
+    ck = load_checkpoint(model_path)
+    model = load_original(model_path)
+    try:
+        head = head_of(model)
+    except ValueError:
+        raise AttachError(
+            f"{model_path} is a plain NequIP model without an evidential head: give it one with "
+            "`eip-attach nequip` (which also calibrates it) or train it with config_with_eip"
+        ) from None
+    types = list(model.type_names)
+    known = {atomic_numbers[t] for t in types if t in atomic_numbers}
+    train_frames = read_labelled(train_file, forces_key, known)
+    valid_frames = read_labelled(valid_file, forces_key, known) if valid_file else None
+
+    def chunks(frames):
+        return feature_chunks(model, frames_to_batches(model, frames, forces_key, batch_size))
+
+    report = calibrate_head(
+        head,
+        chunks(train_frames),
+        chunks(valid_frames) if valid_frames else None,
+        settings or CalibrationSettings(),
+    )
+    out = {k: v for k, v in ck.items()}
+    out["state_dict"] = dict(ck["state_dict"])
+    store_head_buffers(out["state_dict"], head_buffers(model))
+    check_frames = (valid_frames or train_frames)[:4]
+    original = load_original(model_path)
+
+    def verify(tmp: str) -> None:
+        check_identical(original, load_original(tmp), check_frames, forces_key)
+
+    atomic_write(output, lambda tmp: torch.save(out, tmp), verify)
+    return {"head": head_kind_of(model), **report, "output": str(output)}
+
+
+def head_kind_of(model: torch.nn.Module) -> str:
+    for m in model.modules():
+        kind = getattr(m, "head_kind", None)
+        if kind is not None:
+            return kind
+    raise ValueError("the model has no evidential head")

@@ -1,0 +1,149 @@
+"""Feature statistics and recalibration of NequIP models: fitted into best.ckpt / last.ckpt by
+the ``UncertaintyCalibration`` callback of ``config_with_eip``, refitted by
+``eip-calibrate nequip``, and loadable from checkpoints of earlier versions."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import ase.data
+import ase.io
+import numpy as np
+import pytest
+import torch
+from nequip_helpers import BIN, DATA, run_cli
+
+from eip_plugins.core import keys
+from eip_plugins.evaluation import collect_predictions
+from eip_plugins.nequip import NequIPUQCalculator, UncertaintyCalibration
+
+pytestmark = pytest.mark.slow
+
+EIP_CALIBRATE = str(BIN / "eip-calibrate")
+TYPES = ["C", "H", "O"]
+
+
+def _sha(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _head_state(ckpt_path) -> dict:
+    ck = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    return {
+        k.split(".head.")[1]: v
+        for k, v in ck["state_dict"].items()
+        if ".head.density." in k or ".head.variance_scale." in k
+    }
+
+
+def _distances(calc, frames):
+    return np.concatenate(
+        [calc.get_property(keys.FORCES_FEATURE_DISTANCE, atoms.copy()) for atoms in frames]
+    )
+
+
+@pytest.mark.parametrize("head", ["e2ip", "eip", "mve"])
+def test_checkpoints_are_calibrated_when_training_ends(runs, head):
+    run_dir = runs.trained(head)
+    assert re.search(r"uncertainty calibration: statistics", (run_dir / "stdout.txt").read_text())
+    frames = ase.io.read(DATA / "ethanol_train.xyz", ":")
+    numbers = np.concatenate([a.numbers for a in frames])
+    for name in ("best.ckpt", "last.ckpt"):
+        state = _head_state(run_dir / name)
+        counts = [float((numbers == ase.data.atomic_numbers[t]).sum()) for t in TYPES]
+        assert state["density.count"].tolist() == counts, name
+        assert float(state["variance_scale.scale"]) != 1.0
+    # r has an RMS of 1 over the training atoms of each type (the model is float32)
+    calc = NequIPUQCalculator.from_saved_model(run_dir / "best.ckpt")
+    r = _distances(calc, frames[:100])
+    sub = numbers[: len(r)]
+    for t in TYPES:
+        rms = np.sqrt(np.mean(r[sub == ase.data.atomic_numbers[t]] ** 2))
+        assert rms == pytest.approx(1.0, abs=0.1)  # a third of the training set
+
+
+def _calibrate(cwd, *args, check=True):
+    return run_cli([EIP_CALIBRATE, "nequip", *map(str, args)], cwd, check=check)
+
+
+def test_eip_calibrate_refits_a_checkpoint(runs, tmp_path):
+    best = runs.trained("e2ip") / "best.ckpt"
+    digest = _sha(best)
+    out = tmp_path / "again.ckpt"
+    proc = _calibrate(
+        tmp_path,
+        "--model", best, "--train_file", DATA / "ethanol_train.xyz",
+        "--valid_file", DATA / "ethanol_valid.xyz", "--output", out,
+    )  # fmt: skip
+    assert "variance scale c =" in proc.stdout and _sha(best) == digest
+    trained, again = _head_state(best), _head_state(out)
+    for key, value in trained.items():  # the same data as nequip-train: the same fit
+        torch.testing.assert_close(again[key], value, rtol=2e-4, atol=1e-5)
+    off = tmp_path / "off.ckpt"
+    _calibrate(
+        tmp_path,
+        "--model", best, "--train_file", DATA / "ethanol_train.xyz", "--output", off,
+        "--no_density", "--recalibrate", "none",
+    )  # fmt: skip
+    frames = ase.io.read(DATA / "ethanol_test_1200K.xyz", ":3")
+    assert np.all(_distances(NequIPUQCalculator.from_saved_model(off), frames) == 0.0)
+
+
+def test_eip_calibrate_bad_input(runs, tmp_path):
+    best = runs.trained("e2ip") / "best.ckpt"
+    train = DATA / "ethanol_train.xyz"
+    si = ase.io.read(train, ":2")
+    si[1].numbers[0] = 14
+    ase.io.write(tmp_path / "si.xyz", si)
+    no_forces = ase.io.read(train, ":2")
+    del no_forces[0].arrays["REF_forces"]
+    ase.io.write(tmp_path / "no_forces.xyz", no_forces)
+    package = tmp_path / "model.nequip.zip"
+    package.write_bytes(b"PK")
+    cases = [
+        (best, tmp_path / "si.xyz", tmp_path / "o.ckpt", "element(s) ['Si']"),
+        (best, tmp_path / "no_forces.xyz", tmp_path / "o.ckpt", "structure 0 has no forces"),
+        (best, train, best, "--output must differ from --model"),
+        (best, train, tmp_path / "o.model", "writes a '.ckpt' checkpoint"),
+        (package, train, tmp_path / "o.ckpt", "is a nequip-package file"),
+        (tmp_path / "missing.ckpt", train, tmp_path / "o.ckpt", "does not exist"),
+    ]
+    digest = _sha(best)
+    for model, data, out, expected in cases:
+        proc = _calibrate(
+            tmp_path, "--model", model, "--train_file", data, "--output", out, check=False
+        )
+        assert proc.returncode == 2, proc.stdout[-2000:]
+        assert "Traceback" not in proc.stdout
+        last = proc.stdout.strip().splitlines()[-1]
+        assert last.startswith("eip-calibrate: error: ") and expected in last, last
+    assert _sha(best) == digest and not (tmp_path / "o.ckpt").exists()
+
+
+def test_checkpoint_of_an_older_version_loads_uncalibrated(runs, tmp_path):
+    """A checkpoint written before the density existed (no density / variance-scale entries)
+    loads, and evaluates as the head without statistics and c = 1."""
+    best = runs.trained("mve") / "best.ckpt"
+    ck = torch.load(best, map_location="cpu", weights_only=False)
+    ck["state_dict"] = {
+        k: v
+        for k, v in ck["state_dict"].items()
+        if ".head.density." not in k and ".head.variance_scale." not in k
+    }
+    old = tmp_path / "old.ckpt"
+    torch.save(ck, old)
+    frames = ase.io.read(DATA / "ethanol_test_300K.xyz", ":2")
+    pred = collect_predictions(NequIPUQCalculator.from_saved_model(old), frames)
+    calibrated = collect_predictions(NequIPUQCalculator.from_saved_model(best), frames)
+    np.testing.assert_array_equal(pred["forces"], calibrated["forces"])
+    scale = float(_head_state(best)["variance_scale.scale"])
+    np.testing.assert_allclose(pred["mve_cov"] * scale, calibrated["mve_cov"], rtol=1e-5)
+
+
+def test_callback_arguments_are_validated():
+    with pytest.raises(ValueError, match="UncertaintyCalibration: invalid recalibrate='mae'"):
+        UncertaintyCalibration(recalibrate="mae")
+    with pytest.raises(ValueError, match="power"):
+        UncertaintyCalibration(power=0.5)
