@@ -105,11 +105,15 @@ def evaluate(model: Path, out: Path) -> dict:
         reports[name] = evaluate_predictions(
             collect_predictions(calc, ase.io.read(DATA / file, ":"))
         )
-    header = "| split | force MAE (eV/Å) | mean σ (eV/Å) | Spearman | ROC-AUC | NLL | CE | ES |"
-    lines = [header, "|" + "---|" * 8]
+    header = (
+        "| split | force MAE (eV/Å) | mean error (eV/Å) | mean σ (eV/Å) | mean r | Spearman "
+        "| ROC-AUC | NLL | CE | ES |"
+    )
+    lines = [header, "|" + "---|" * 10]
     for name, r in reports.items():
         lines.append(
-            f"| {name} | {r['force_mae']:.3f} | {r['mean_uncertainty']:.3f} | "
+            f"| {name} | {r['force_mae']:.3f} | {r['mean_error']:.3f} | "
+            f"{r['mean_uncertainty']:.3f} | {r.get('mean_feature_distance', 0.0):.2f} | "
             f"{r['spearman']:.2f} | {r['roc_auc']:.2f} | {r['nll']:.2f} | {r['ce']:.3f} | "
             f"{r['energy_score']:.3f} |"
         )

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -40,6 +41,7 @@ METRICS = (
     "energy_score",
     "rotational_error",
     "mean_uncertainty",
+    "mean_error",
 )
 ACCURACY_METRICS = ("force_mae", "force_rmse")
 ENSEMBLE_JITTER = 1e-6  # (eV/A)^2 added to the diagonal of the committee covariance
@@ -189,10 +191,17 @@ def evaluate_splits(data: Path, calcs: dict, predict: Callable, log=LOG) -> tupl
         if not frames:
             continue
         rotated = [rotate_frame(f, rotation) for f in frames]
+        predicted: dict = {}
         for method, calc in calcs.items():
             t0 = time.perf_counter()
-            rows = predict(calc, frames, method)
-            rows_rot = predict(calc, rotated, method)
+            if method in DERIVED:  # a transformation of another method's predictions
+                source, transform = DERIVED[method]
+                rows = [transform(r) for r in predicted[source][0]]
+                rows_rot = [transform(r) for r in predicted[source][1]]
+            else:
+                rows = predict(calc, frames, method)
+                rows_rot = predict(calc, rotated, method)
+            predicted[method] = (rows, rows_rot)
             pred = stack_predictions(rows)
             reports = {}
             if method == "ensemble":
@@ -228,8 +237,44 @@ def evaluate_splits(data: Path, calcs: dict, predict: Callable, log=LOG) -> tupl
 
 
 def scalar_metrics(report: dict) -> dict:
-    """The float metrics of a report (arrays and curves dropped)."""
-    return {k: float(v) for k, v in report.items() if k in METRICS and v is not None}
+    """The float metrics of a report (arrays and curves dropped), plus ``mean_error`` (mean
+    per-atom |F_pred - F_ref|, eV/A)."""
+    out = {k: float(v) for k, v in report.items() if k in METRICS and v is not None}
+    out["mean_error"] = float(np.mean(report["error"]))
+    return out
+
+
+# -- methods derived from another method's predictions ---------------------------------------------
+def mve_density_row(row: dict) -> dict:
+    """mve with its covariance scaled by the density factor (1 + r^4), r the feature distance
+    (what giving mve the e2ip head's density-aware evidence would amount to): a measured
+    alternative, not a head of the package."""
+    factor = 1.0 + np.asarray(row["distance"]) ** 4
+    out = dict(row)
+    out["mve_cov"] = np.asarray(row["mve_cov"]) * factor[:, None, None]
+    out["cov"] = np.asarray(row["cov"]) * factor[:, None, None]
+    out["sigma"] = np.asarray(row["sigma"]) * np.sqrt(factor)
+    return out
+
+
+DERIVED = {"mve_density": ("mve", mve_density_row)}
+
+
+def head_row(results: dict, forces, forces_ref, method: str) -> dict:
+    """Per-frame row of a model with a head from its calculator ``results``: forces, reference,
+    sigma, the covariance sigma is built from, the raw evidential fields and the distance."""
+    from eip_plugins.core import keys
+
+    row = {"forces": np.array(forces), "forces_ref": forces_ref}
+    row["sigma"] = np.asarray(results[keys.FORCES_UNCERTAINTY])
+    aleatoric_only = method.startswith("mve")
+    cov_key = keys.FORCES_ALEATORIC_COV if aleatoric_only else keys.FORCES_EPISTEMIC_COV
+    row["cov"] = np.asarray(results[cov_key])
+    row["distance"] = np.asarray(results.get(keys.FORCES_FEATURE_DISTANCE, np.zeros(len(forces))))
+    for key in keys.RAW_PARAMETER_KEYS:
+        if key in results:
+            row[key] = np.asarray(results[key])
+    return row
 
 
 # -- timing ----------------------------------------------------------------------------------------
@@ -288,6 +333,15 @@ def summarize_timings(raw: dict, n_structures: int, methods: list[str]) -> dict:
                 "speedup_vs_ensemble": {m: per["ensemble"] / t for m, t in per.items()},
             }
     return out
+
+
+def distance_term_cost(with_term: Callable, without_term: Callable, rounds: int) -> dict:
+    """CPU time of the e2ip model with / without its feature-distance term (the same model, the
+    term skipped by :func:`without_distance_term`), A/B interleaved over ``rounds`` rounds on its
+    own so that the ratio is not lost in the noise of the many-method timing."""
+    raw = interleaved_timings({"with": with_term, "without": without_term}, rounds=rounds)
+    cpu = {k: median(v) for k, v in raw["cpu"].items()}
+    return {"ratio": cpu["with"] / cpu["without"], "raw_cpu_s": raw["cpu"]}
 
 
 def training_costs(costs: dict, heads, n_members: int = 4) -> dict:
@@ -559,6 +613,76 @@ def attach_to_plain(
     }
 
 
+# e2ip trained with its framework's CLI, refitted by `eip-calibrate` with other settings
+CALIBRATION_VARIANTS = {
+    "e2ip_as_trained": ["--no_density", "--recalibrate=none"],  # the head before issue 11
+    "e2ip_recal_only": ["--no_density"],  # recalibration without the feature density
+    "e2ip_p1": ["--density_power=1"],  # SPEC §1c's form: variance x (1 + r^2)
+    "e2ip_ce": ["--recalibrate=ce"],  # the scale fitted on CE instead of NLL
+}
+
+
+def calibration_variants(
+    framework: str, e2ip_model: str, data: Path, workdir: Path, suffix: str, reuse: bool
+) -> dict[str, str]:
+    """``eip-calibrate <framework>`` on the trained e2ip model, once per variant."""
+    out = {}
+    for name, flags in CALIBRATION_VARIANTS.items():
+        path = workdir / f"{name}{suffix}"
+        if not (reuse and path.exists()):
+            cmd = [
+                Path(sys.executable).parent / "eip-calibrate",
+                framework,
+                f"--model={e2ip_model}",
+                f"--train_file={data / 'train.xyz'}",
+                f"--valid_file={data / 'valid.xyz'}",
+                f"--output={path}",
+                *flags,
+            ]
+            env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+            result = run_measured(cmd, workdir / f"{name}.log", env=env, cwd=workdir)
+            if result["returncode"] != 0:
+                raise RuntimeError(
+                    f"eip-calibrate {name} failed; log:\n{tail(workdir / (name + '.log'))}"
+                )
+        out[name] = str(path)
+    return out
+
+
+_CALIBRATION_LINE = re.compile(r"uncertainty calibration: (.*)\(([0-9.]+) s\)")
+_STATISTICS_SECONDS = re.compile(r"'seconds': ([0-9.]+)")
+
+
+def calibration_seconds(log: Path) -> dict[str, float]:
+    """Wall times (s) of the first calibration logged in ``log``: ``total`` (statistics pass,
+    recalibration and the before/after report) and ``statistics`` (the pass over the training
+    set alone); NaN where the log has none."""
+    out = {"total": float("nan"), "statistics": float("nan")}
+    if log.exists():
+        match = _CALIBRATION_LINE.search(log.read_text(errors="replace"))
+        if match:
+            out["total"] = float(match.group(2))
+            stats = _STATISTICS_SECONDS.search(match.group(1))
+            if stats:
+                out["statistics"] = float(stats.group(1))
+    return out
+
+
+def without_distance_term(model) -> object:
+    """A copy of an eager model whose head skips the feature-distance computation (r = 0): the
+    same model "without the distance term", for the interleaved cost comparison."""
+    import copy
+    import types
+
+    clone = copy.deepcopy(model)
+    for module in clone.modules():
+        if hasattr(module, "feature_distance_sq") and hasattr(module, "density"):
+            module.feature_distance_sq = types.MethodType(
+                lambda self, feats, species: feats.new_zeros(feats.shape[0]), module
+            )
+    return clone
+
+
 def run_part(framework: str, args, settings, heads, part, notes: list[str]) -> dict:
     """Train, evaluate and time one framework's methods; write ``results.json``/``arrays.npz``.
 
@@ -583,11 +707,28 @@ def run_part(framework: str, args, settings, heads, part, notes: list[str]) -> d
         args.reuse,
     )
     models[ATTACHED] = [attach["model"]]
+    if "e2ip" in heads:
+        variants = calibration_variants(
+            framework,
+            models["e2ip"][0],
+            args.data,
+            out / "models" / "calibration_variants",
+            part.MODEL_SUFFIX,
+            args.reuse,
+        )
+        models.update({name: [path] for name, path in variants.items()})
     t_train = time.perf_counter() - t0
     metrics, arrays = part.evaluate_all(args.data, models)
     t_eval = time.perf_counter() - t0 - t_train
     timings = part.time_inference(args.data, models, settings)
     training = training_costs(costs, heads, settings.members)
+    for head in heads:  # the end-of-training calibration against one epoch
+        seconds = calibration_seconds(Path(costs[head]["model"]).parent / part.TRAIN_LOG)
+        epoch_wall = training[head]["epoch_wall_s"]
+        training[head]["calibration_s"] = seconds["total"]
+        training[head]["calibration_to_epoch"] = seconds["total"] / epoch_wall
+        training[head]["statistics_s"] = seconds["statistics"]
+        training[head]["statistics_to_epoch"] = seconds["statistics"] / epoch_wall
     training[ATTACHED] = {"attach_wall_s": attach["wall_s"], "peak_rss_mb": attach["peak_rss_mb"]}
     result = {
         "framework": framework,
@@ -606,6 +747,9 @@ def run_part(framework: str, args, settings, heads, part, notes: list[str]) -> d
             *notes,
             "ensemble predictive: Gaussian, committee sample covariance (M-1) + "
             f"{ENSEMBLE_JITTER:g} (eV/A)^2 I; sigma_i = sqrt(tr(cov)/3)",
+            "e2ip_* variants: the trained e2ip model refitted by eip-calibrate "
+            + str(CALIBRATION_VARIANTS),
+            "mve_density: mve's covariance scaled by (1 + r^4) in the evaluation",
         ],
     }
     write_json(out / "results.json", result)

@@ -25,8 +25,9 @@ from examples.benchmark import common
 
 LOG = logging.getLogger("benchmark.mace")
 HEADS = ("e2ip", "eip", "mve")
-EVALUATED_HEADS = (*HEADS, common.ATTACHED)  # trained heads + the head attached to plain
 ATTACHED_FILE = "e2ip_attached.model"
+MODEL_SUFFIX = ".model"  # what eip-calibrate writes for the calibration variants
+TRAIN_LOG = "train.log"  # the training command's output (the calibration is logged there)
 
 
 @dataclass(frozen=True)
@@ -169,25 +170,16 @@ def _calc_head(path: str):
 
 def _predict(calc, frames, method: str) -> list[dict]:
     """One row per frame: forces, reference, and per method sigma / covariance / raw fields."""
-    from eip_plugins.core import keys
-
     rows = []
     for frame in frames:
         atoms = frame.copy()
         atoms.calc = calc
         forces = atoms.get_forces()
-        res = calc.results
-        row = {"forces": np.array(forces), "forces_ref": frame.arrays["REF_forces"]}
         if method == "ensemble":
-            comm = np.asarray(res["forces_comm"])
-            row.update(common.ensemble_row(comm))
-        elif method in EVALUATED_HEADS:
-            row["sigma"] = np.asarray(res[keys.FORCES_UNCERTAINTY])
-            cov_key = keys.FORCES_ALEATORIC_COV if method == "mve" else keys.FORCES_EPISTEMIC_COV
-            row["cov"] = np.asarray(res[cov_key])
-            for key in keys.RAW_PARAMETER_KEYS:
-                if key in res:
-                    row[key] = np.asarray(res[key])
+            row = {"forces": np.array(forces), "forces_ref": frame.arrays["REF_forces"]}
+            row.update(common.ensemble_row(np.asarray(calc.results["forces_comm"])))
+        else:
+            row = common.head_row(calc.results, forces, frame.arrays["REF_forces"], method)
         rows.append(row)
     return rows
 
@@ -195,7 +187,8 @@ def _predict(calc, frames, method: str) -> list[dict]:
 def evaluate_all(data: Path, models: dict[str, list[str]]) -> tuple[dict, dict]:
     """Metrics per method and split (:func:`common.evaluate_splits`)."""
     calcs = {"ensemble": _calc_plain(models["ensemble"])}
-    calcs.update({h: _calc_head(models[h][0]) for h in EVALUATED_HEADS if h in models})
+    calcs.update({m: _calc_head(p[0]) for m, p in models.items() if m not in ("plain", "ensemble")})
+    calcs.update({m: None for m, (source, _) in common.DERIVED.items() if source in calcs})
     return common.evaluate_splits(data, calcs, _predict, LOG)
 
 
@@ -252,8 +245,9 @@ def time_inference(data: Path, models: dict[str, list[str]], s: MaceSettings) ->
 
         return run
 
+    timed = {m: models[m] for m in ("plain", "ensemble", *HEADS, common.ATTACHED) if m in models}
     calcs = {"plain": _calc_plain(models["plain"]), "ensemble": _calc_plain(models["ensemble"])}
-    calcs.update({h: _calc_head(models[h][0]) for h in EVALUATED_HEADS if h in models})
+    calcs.update({m: _calc_head(p[0]) for m, p in timed.items() if m not in calcs})
     atoms_list = [f.copy() for f in frames]
 
     def calc_fn(calc):
@@ -263,11 +257,17 @@ def time_inference(data: Path, models: dict[str, list[str]], s: MaceSettings) ->
 
         return run
 
-    funcs = {f"model:{m}": model_fn(p) for m, p in models.items()}
+    funcs = {f"model:{m}": model_fn(p) for m, p in timed.items()}
     funcs.update({f"calculator:{m}": calc_fn(c) for m, c in calcs.items()})
     LOG.info("timing %d structures x %d rounds", len(frames), s.timing_rounds)
     raw = common.interleaved_timings(funcs, rounds=s.timing_rounds)
-    return common.summarize_timings(raw, len(frames), list(models))
+    timings = common.summarize_timings(raw, len(frames), list(timed))
+    if "e2ip" in timed:  # the same e2ip model with the feature-distance term skipped
+        loaded["e2ip_no_distance"] = common.without_distance_term(loaded[timed["e2ip"][0]])
+        timings["distance_term"] = common.distance_term_cost(
+            model_fn(timed["e2ip"]), model_fn(["e2ip_no_distance"]), 3 * s.timing_rounds
+        )
+    return timings
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import types
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -30,8 +31,9 @@ REPO = Path(__file__).resolve().parents[2]
 PLAIN_CONFIG_DIR = Path(__file__).resolve().parent / "nequip_configs"
 EIP_CONFIG_DIR = REPO / "configs"
 HEADS = ("e2ip", "eip", "mve")
-EVALUATED_HEADS = (*HEADS, common.ATTACHED)  # trained heads + the head attached to plain
 ATTACHED_FILE = "e2ip_attached.ckpt"
+MODEL_SUFFIX = ".ckpt"  # what eip-calibrate writes for the calibration variants
+TRAIN_LOG = "train.log"  # nequip-train's log (the calibration callback logs there)
 
 
 @dataclass(frozen=True)
@@ -173,30 +175,21 @@ def _calc_head(path: str):
 
 def _predict(calcs, frames, method: str) -> list[dict]:
     """One row per frame. ``calcs``: one calculator, or the ensemble members' list."""
-    from eip_plugins.core import keys
-
     rows = []
     for frame in frames:
-        row = {"forces_ref": frame.arrays["REF_forces"]}
         if method == "ensemble":
             comm = []
             for calc in calcs:
                 atoms = frame.copy()
                 atoms.calc = calc
                 comm.append(np.array(atoms.get_forces()))
-            comm = np.stack(comm)
-            row.update(common.ensemble_row(comm))
+            row = {"forces_ref": frame.arrays["REF_forces"]}
+            row.update(common.ensemble_row(np.stack(comm)))
         else:
             atoms = frame.copy()
             atoms.calc = calcs
-            row["forces"] = np.array(atoms.get_forces())
-            res = calcs.results
-            row["sigma"] = np.asarray(res[keys.FORCES_UNCERTAINTY])
-            cov_key = keys.FORCES_ALEATORIC_COV if method == "mve" else keys.FORCES_EPISTEMIC_COV
-            row["cov"] = np.asarray(res[cov_key])
-            for key in keys.RAW_PARAMETER_KEYS:
-                if key in res:
-                    row[key] = np.asarray(res[key])
+            forces = atoms.get_forces()
+            row = common.head_row(calcs.results, forces, frame.arrays["REF_forces"], method)
         rows.append(row)
     return rows
 
@@ -204,7 +197,8 @@ def _predict(calcs, frames, method: str) -> list[dict]:
 def evaluate_all(data: Path, models: dict[str, list[str]]) -> tuple[dict, dict]:
     """Metrics per method and split (:func:`common.evaluate_splits`)."""
     calcs: dict = {"ensemble": [_calc_plain(p) for p in models["ensemble"]]}
-    calcs.update({h: _calc_head(models[h][0]) for h in EVALUATED_HEADS if h in models})
+    calcs.update({m: _calc_head(p[0]) for m, p in models.items() if m not in ("plain", "ensemble")})
+    calcs.update({m: None for m, (source, _) in common.DERIVED.items() if source in calcs})
     return common.evaluate_splits(data, calcs, _predict, LOG)
 
 
@@ -220,7 +214,8 @@ def time_inference(data: Path, models: dict[str, list[str]], s: NequipSettings) 
     frames = common.timing_frames(data, s.timing_structures)
     calcs = {"plain": [_calc_plain(models["plain"][0])]}
     calcs["ensemble"] = [_calc_plain(p) for p in models["ensemble"]]
-    calcs.update({h: [_calc_head(models[h][0])] for h in EVALUATED_HEADS if h in models})
+    timed = [m for m in (*HEADS, common.ATTACHED) if m in models]
+    calcs.update({m: [_calc_head(models[m][0])] for m in timed})
     graphs = [calcs["plain"][0].atoms_to_data(f.copy()) for f in frames]
 
     def model_fn(cs):
@@ -247,7 +242,15 @@ def time_inference(data: Path, models: dict[str, list[str]], s: NequipSettings) 
     funcs.update({f"calculator:{m}": calc_fn(c) for m, c in calcs.items()})
     LOG.info("timing %d structures x %d rounds", len(frames), s.timing_rounds)
     raw = common.interleaved_timings(funcs, rounds=s.timing_rounds)
-    return common.summarize_timings(raw, len(frames), list(calcs))
+    timings = common.summarize_timings(raw, len(frames), list(calcs))
+    if "e2ip" in calcs:  # the same e2ip model with the feature-distance term skipped
+        net = common.without_distance_term(calcs["e2ip"][0].model)
+        timings["distance_term"] = common.distance_term_cost(
+            model_fn(calcs["e2ip"]),
+            model_fn([types.SimpleNamespace(model=net)]),
+            3 * s.timing_rounds,
+        )
+    return timings
 
 
 def main(argv: list[str] | None = None) -> dict:

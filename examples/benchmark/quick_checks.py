@@ -14,13 +14,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .common import ATTACHED, METRICS
+from .common import ATTACHED, CALIBRATION_VARIANTS, DERIVED, METRICS
 
 REPO = Path(__file__).resolve().parents[2]
-UQ_METHODS = ("ensemble", "ensemble_iso", "e2ip", "eip", "mve", ATTACHED)
+VARIANTS = (*CALIBRATION_VARIANTS, *DERIVED)  # e2ip refitted by eip-calibrate; mve x density
+UQ_METHODS = ("ensemble", "ensemble_iso", "e2ip", "eip", "mve", ATTACHED, *VARIANTS)
 METHODS = ("plain", *UQ_METHODS)
 COSTED = ("plain", "ensemble", "e2ip", "eip", "mve")  # ensemble_iso: the ensemble's models
-EQUIVARIANT = ("ensemble", "ensemble_iso", "e2ip", "mve", ATTACHED)
+EQUIVARIANT = ("ensemble", "ensemble_iso", "e2ip", "mve", ATTACHED, *VARIANTS)
 SPLITS = ("test_300K", "test_hot", "test_unseen")
 
 
@@ -92,6 +93,10 @@ def check_cost_ratios(results: dict) -> None:
             assert _finite(inf["ratio_to_plain"][method]) and inf["ratio_to_plain"][method] > 0
             assert _finite(inf["speedup_vs_ensemble"][method])
     assert results["training"]["plain"]["epoch_ratio_to_plain"] == 1.0
+    # the feature-distance term timed against the same model without it; the calibration pass
+    assert _finite(results["inference"]["distance_term"]["ratio"])
+    for head in ("e2ip", "eip", "mve"):
+        assert _finite(results["training"][head]["calibration_s"])
     # interleaved rounds: every method timed the same number of times
     rounds = {len(v) for v in results["inference"]["raw_cpu_s"].values()}
     assert rounds == {results["settings"]["timing_rounds"]}
@@ -108,6 +113,17 @@ def check_attached_head_keeps_the_backbone(results: dict) -> None:
         assert math.isclose(attached, plain, rel_tol=1e-9), (split, attached, plain)
 
 
+def check_calibration_variants(results: dict) -> None:
+    """The calibrated e2ip differs from the head as trained, which has no feature distance,
+    and the variants keep e2ip's forces."""
+    metrics = results["metrics"]
+    for split in SPLITS:
+        e2ip = metrics["e2ip"][split]
+        for variant in CALIBRATION_VARIANTS:
+            assert math.isclose(metrics[variant][split]["force_mae"], e2ip["force_mae"])
+        assert metrics["e2ip_as_trained"][split]["mean_uncertainty"] != e2ip["mean_uncertainty"]
+
+
 def check_report_tables_and_plots(results: dict, framework: str, out: Path) -> None:
     from .report import write_report
 
@@ -120,3 +136,4 @@ def check_report_tables_and_plots(results: dict, framework: str, out: Path) -> N
     assert (out / "results.json").exists() and (out / "cost_bars.png").exists()
     assert (out / f"{framework}_sigma_vs_error_e2ip.png").exists()
     assert (out / f"{framework}_reliability_test_hot.png").exists()
+    assert "Issue 11 targets" in text and "| 1200 K (hot) | e2ip attached |" in text

@@ -46,5 +46,9 @@ def test_attached_head_keeps_the_backbone(bench):
     quick_checks.check_attached_head_keeps_the_backbone(bench["results"])
 
 
+def test_calibration_variants(bench):
+    quick_checks.check_calibration_variants(bench["results"])
+
+
 def test_report_tables_and_plots(bench):
     quick_checks.check_report_tables_and_plots(bench["results"], FRAMEWORK, bench["out"])
