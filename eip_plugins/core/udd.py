@@ -15,12 +15,16 @@ UDD_FORMS = ("squared", "linear")
 class UDDConfig:
     """Parameters of the uncertainty-driven bias.
 
-    The defaults were chosen on the demo model (MACE + e2ip, ethanol, GFN2-xTB, 300 K): there the
-    raw bias force at A = 1 eV is ~0.04 eV/A (median component), so A = 8 eV brings it to the
-    limiter width D, where the limiter passes it; a 2 000-step UDD run stays stable and explores
-    more (higher mean sigma and configurational entropy) than plain MD. The Gaussian limiter
-    suppresses raw components much larger than D, so scale A for your system such that typical
-    raw bias forces are of order D.
+    The defaults were chosen on the demo model (MACE + e2ip, ethanol, GFN2-xTB, 300 K, calibrated:
+    feature statistics and recalibration): A = 8 eV brings the raw bias force to the limiter width
+    D, where the limiter passes it. B sets the structure uncertainty up to which the bias acts
+    (it saturates once sigma^2 >> N B^2). With the density-aware sigma, which rises steeply away
+    from the training data, B = 0.02 eV/A (tuned on heads without feature statistics) saturated at
+    once and let UDD run into short spikes of sigma (mean sigma 10x MD's, lower configurational
+    entropy); with B = 0.15 eV/A two 2 000-step runs (seeds 1 and 2) stayed stable and explored more
+    than plain MD (higher configurational entropy, and a higher mean sigma for the acceptance
+    test's seed). The Gaussian limiter suppresses raw components much larger than D, so scale A
+    for your system such that typical raw bias forces are of order D.
 
     Attributes:
         A: bias depth, eV (>= 0). A = 0 switches the bias off exactly.
@@ -33,7 +37,7 @@ class UDDConfig:
     """
 
     A: float = 8.0
-    B: float = 0.02
+    B: float = 0.15
     C: float = 1.0
     D: float = 0.5
     form: str = "squared"
