@@ -155,14 +155,24 @@ def _attach(args) -> dict:
     )
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+def run_command(prog: str, args, work, show) -> int:
+    """Run ``work(args) -> report`` with one-line errors (exit 2), then ``show(report)``, name the
+    written file and write ``--report`` (shared by ``eip-attach`` and ``eip-calibrate``)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        report = _attach(args)
+        report = work(args)
     except (AttachError, ValueError, FileNotFoundError) as err:
-        print(f"eip-attach: error: {err}", file=sys.stderr)
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    show(report)
+    print(f"  wrote {report['output']}")
+    if args.report:
+        with open(args.report, "w") as fh:
+            json.dump(report, fh, indent=2)
+    return 0
+
+
+def _show(report: dict) -> None:
     before, after = report["before"], report["after"]
     print(
         f"head {report['head']} trained for {report['epochs_run']} epochs "
@@ -182,11 +192,10 @@ def main(argv=None) -> int:
             f"{a['ce']:.3f}, Spearman {b['spearman']:.3f} -> {a['spearman']:.3f} "
             f"(feature statistics {'on' if 'statistics' in calibrated else 'off'})"
         )
-    print(f"  wrote {report['output']}")
-    if args.report:
-        with open(args.report, "w") as fh:
-            json.dump(report, fh, indent=2)
-    return 0
+
+
+def main(argv=None) -> int:
+    return run_command("eip-attach", build_parser().parse_args(argv), _attach, _show)
 
 
 if __name__ == "__main__":

@@ -16,12 +16,9 @@ input) before it is renamed into place.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
 
-from ..attach.cli import add_calibration_arguments, calibration_settings
-from ..attach.labelled_data import AttachError
+from ..attach.cli import add_calibration_arguments, calibration_settings, run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,14 +72,7 @@ def _calibrate(args) -> dict:
     return calibrate_checkpoint(args.model, args.train_file, args.valid_file, args.output, **common)
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        report = _calibrate(args)
-    except (AttachError, ValueError, FileNotFoundError) as err:
-        print(f"eip-calibrate: error: {err}", file=sys.stderr)
-        return 2
+def _show(report: dict) -> None:
     stats = report.get("statistics")
     print(
         f"{report['head']} head: feature statistics "
@@ -96,11 +86,10 @@ def main(argv=None) -> int:
             f"{a['nll']:.3f}, Spearman {b['spearman']:.3f} -> {a['spearman']:.3f}, "
             f"ROC-AUC {b['roc_auc']:.3f} -> {a['roc_auc']:.3f}"
         )
-    print(f"  wrote {report['output']}")
-    if args.report:
-        with open(args.report, "w") as fh:
-            json.dump(report, fh, indent=2)
-    return 0
+
+
+def main(argv=None) -> int:
+    return run_command("eip-calibrate", build_parser().parse_args(argv), _calibrate, _show)
 
 
 if __name__ == "__main__":

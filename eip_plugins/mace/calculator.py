@@ -74,8 +74,9 @@ class MACEUQCalculator(UncertaintyCalculator):
         if not has_evidential_head(model):
             raise ValueError(
                 f"{model_paths} is a plain MACE model without an evidential head, so it has no "
-                "force uncertainty. Train it with `mace_run_train --head=e2ip` (or eip, mve), or "
-                "use mace.calculators.MACECalculator for energies and forces only."
+                "force uncertainty. Give it one without retraining with `eip-attach mace`, train "
+                "with `mace_run_train --head=e2ip` (or eip, mve), or use "
+                "mace.calculators.MACECalculator for energies and forces only."
             )
         self.supports_udd = True
         super().__init__(udd=udd, **kwargs)

@@ -31,7 +31,8 @@ from .compile_targets import ASE_UQ_TARGET
 
 _NO_HEAD = (
     "{what} has no evidential uncertainty outputs ({missing} missing): it is a plain NequIP "
-    "model. Train it with eip_plugins.nequip.EvidentialNequIPGNNModel{hint}."
+    "model. Give it a head without retraining with `eip-attach nequip`, or train it with "
+    "eip_plugins.nequip.EvidentialNequIPGNNModel{hint}."
 )
 
 

@@ -577,6 +577,29 @@ def part_settings(parser: argparse.ArgumentParser, args, settings):
     return settings
 
 
+def run_head_tool(
+    tool: str, framework: str, model, data: Path, output: Path, flags: list[str], log: Path
+) -> dict:
+    """``eip-attach`` / ``eip-calibrate <framework>`` on ``model`` with the benchmark's train and
+    validation files, single-threaded; wall time and peak RSS. RuntimeError with the log's tail
+    if it fails."""
+    cmd = [
+        Path(sys.executable).parent / tool,
+        framework,
+        f"--model={model}",
+        f"--train_file={data / 'train.xyz'}",
+        f"--valid_file={data / 'valid.xyz'}",
+        f"--output={output}",
+        *flags,
+    ]
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    log.parent.mkdir(parents=True, exist_ok=True)
+    result = run_measured(cmd, log, env=env, cwd=log.parent)
+    if result["returncode"] != 0:
+        raise RuntimeError(f"{tool} {framework} failed; log {log}:\n{tail(log)}")
+    return result
+
+
 ATTACHED = "e2ip_attached"  # an e2ip head given to the plain model by eip-attach (frozen backbone)
 
 
@@ -588,21 +611,10 @@ def attach_to_plain(
     out, report = workdir / output_name, workdir / "attach_report.json"
     cost_file = workdir / "cost.json"
     if not (reuse and out.exists() and report.exists() and cost_file.exists()):
-        cmd = [
-            Path(sys.executable).parent / "eip-attach",
-            framework,
-            f"--model={plain_model}",
-            f"--train_file={data / 'train.xyz'}",
-            f"--valid_file={data / 'valid.xyz'}",
-            "--head=e2ip",
-            f"--max_epochs={settings.attach_epochs}",
-            f"--output={out}",
-            f"--report={report}",
-        ]
-        env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-        result = run_measured(cmd, workdir / "attach.log", env=env, cwd=workdir)
-        if result["returncode"] != 0:
-            raise RuntimeError(f"eip-attach failed; log:\n{tail(workdir / 'attach.log')}")
+        flags = ["--head=e2ip", f"--max_epochs={settings.attach_epochs}", f"--report={report}"]
+        result = run_head_tool(
+            "eip-attach", framework, plain_model, data, out, flags, workdir / "attach.log"
+        )
         write_json(cost_file, result)
     cost = json.loads(cost_file.read_text())
     return {
@@ -630,21 +642,8 @@ def calibration_variants(
     for name, flags in CALIBRATION_VARIANTS.items():
         path = workdir / f"{name}{suffix}"
         if not (reuse and path.exists()):
-            cmd = [
-                Path(sys.executable).parent / "eip-calibrate",
-                framework,
-                f"--model={e2ip_model}",
-                f"--train_file={data / 'train.xyz'}",
-                f"--valid_file={data / 'valid.xyz'}",
-                f"--output={path}",
-                *flags,
-            ]
-            env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-            result = run_measured(cmd, workdir / f"{name}.log", env=env, cwd=workdir)
-            if result["returncode"] != 0:
-                raise RuntimeError(
-                    f"eip-calibrate {name} failed; log:\n{tail(workdir / (name + '.log'))}"
-                )
+            log = workdir / f"{name}.log"
+            run_head_tool("eip-calibrate", framework, e2ip_model, data, path, flags, log)
         out[name] = str(path)
     return out
 
