@@ -35,13 +35,14 @@ lint: venv-mace
 	$(VENV_MACE)/bin/ruff check .
 	$(VENV_MACE)/bin/ruff format --check .
 
-# Core tests run in both environments (e3nn 0.4.4 and 0.6); each framework suite runs in its own.
+# Core tests run in both environments (e3nn 0.4.4 and 0.6); each framework suite runs in its own;
+# tests/docs runs the README blocks marked for each environment.
 # A framework suite that collects no test, or whose framework does not import, fails.
 test-mace: venv-mace
-	$(VENV_MACE)/bin/python -m pytest -p no:cacheprovider tests/core tests/mace $(PYTEST_ARGS)
+	$(VENV_MACE)/bin/python -m pytest -p no:cacheprovider tests/core tests/mace tests/docs $(PYTEST_ARGS)
 
 test-nequip: venv-nequip
-	$(VENV_NEQUIP)/bin/python -m pytest -p no:cacheprovider tests/core tests/nequip $(PYTEST_ARGS)
+	$(VENV_NEQUIP)/bin/python -m pytest -p no:cacheprovider tests/core tests/nequip tests/docs $(PYTEST_ARGS)
 
 test: lint test-mace test-nequip
 

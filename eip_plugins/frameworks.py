@@ -5,6 +5,19 @@ from __future__ import annotations
 FRAMEWORKS = ("mace", "nequip")
 
 
+def require_framework(framework: str) -> None:
+    """Raise an ImportError naming the extra to install when ``framework`` is not importable
+    here (MACE and NequIP live in separate environments)."""
+    if framework == "mace":
+        from .mace import require_mace
+
+        require_mace()
+    elif framework == "nequip":
+        import eip_plugins.nequip  # noqa: F401  (raises the ImportError naming the extra)
+    else:
+        raise ValueError(f"unknown framework={framework!r}: one of {FRAMEWORKS}")
+
+
 def make_uq_calculator(framework: str, model_path: str, udd=None, device: str = "cpu"):
     """An :class:`~eip_plugins.ase_calculator.UncertaintyCalculator` for ``model_path``.
 
@@ -13,6 +26,7 @@ def make_uq_calculator(framework: str, model_path: str, udd=None, device: str = 
             checkpoint ``.ckpt``, a package ``.nequip.zip``, or a compiled ``.nequip.pt2``).
         udd: ``None`` or a :class:`~eip_plugins.core.udd.UDDConfig`.
     """
+    require_framework(framework)
     if framework == "mace":
         from .mace import MACEUQCalculator
 

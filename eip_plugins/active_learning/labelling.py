@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
+import sys
 from collections.abc import Callable
 
 import numpy as np
@@ -13,16 +16,45 @@ ENERGY_KEY = "REF_energy"
 FORCES_KEY = "REF_forces"
 
 
+#: ``--reference`` value of the shipped default
+DEFAULT_REFERENCE = "gfn2-xtb"
+
+
 def tblite_reference():
     """GFN2-xTB through tblite, the shipped default reference (``pip install tblite``)."""
     try:
         from tblite.ase import TBLite
-    except ImportError as err:  # pragma: no cover - depends on the environment
+    except ImportError as err:
         raise ImportError(
-            "the default reference calculator needs tblite: pip install tblite "
-            "(or pass your own reference calculator factory)"
+            "the default reference, GFN2-xTB, needs tblite, which is not installed: "
+            'pip install "eip-plugins[label]" (or pip install tblite), or pass your own '
+            "reference with --reference MODULE:FUNCTION"
         ) from err
     return TBLite(method="GFN2-xTB", verbosity=0)
+
+
+def load_reference(spec: str) -> Callable:
+    """The reference factory named by ``spec``: ``"gfn2-xtb"`` (:func:`tblite_reference`) or
+    ``"MODULE:FUNCTION"``, a function of no arguments that returns an ASE calculator
+    (e.g. ``"my_refs:make_orca"`` from a ``my_refs.py`` in the working directory)."""
+    if spec == DEFAULT_REFERENCE:
+        return tblite_reference
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise ValueError(
+            f"--reference {spec!r}: expected {DEFAULT_REFERENCE!r} or MODULE:FUNCTION "
+            "(a function of no arguments returning an ASE calculator)"
+        )
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a module next to the user, as `python -m` would see it
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as err:
+        raise ValueError(f"--reference {spec!r}: cannot import {module_name!r} ({err})") from err
+    factory = getattr(module, attribute, None)
+    if not callable(factory):
+        raise ValueError(f"--reference {spec!r}: {module_name} has no function {attribute!r}")
+    return factory
 
 
 def label_frames(

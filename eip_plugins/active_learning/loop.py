@@ -142,6 +142,8 @@ class ActiveLearningLoop:
         done = len(state["generations"])
         if done:
             log.info("resuming after %d finished generation(s)", done)
+        if done < self.settings.generations:
+            self._check_reference()
         for generation in range(done + 1, self.settings.generations + 1):
             summary = self._generation(generation, state)
             state["generations"].append(summary)
@@ -155,6 +157,16 @@ class ActiveLearningLoop:
                 summary["entropy"],
             )
         return state
+
+    def _check_reference(self) -> None:
+        """Create the reference calculator once before any MD: a reference that cannot be
+        created at all (e.g. tblite missing) stops the run instead of skipping every frame."""
+        try:
+            self.make_reference()
+        except Exception as err:  # noqa: BLE001 - whatever the factory raises, stop with it
+            raise RuntimeError(
+                f"the reference calculator cannot be created ({err}); nothing was run"
+            ) from err
 
     def _current_model(self, state: dict) -> str:
         return state["generations"][-1]["model"] if state["generations"] else self.initial_model

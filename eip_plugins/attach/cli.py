@@ -2,10 +2,10 @@
 
 Examples::
 
-    eip-attach mace --model trained.model --train_file data.xyz --valid_file valid.xyz \\
-        --head e2ip --output trained_e2ip.model
-    eip-attach nequip --model outputs/run/best.ckpt --train_file data.xyz \\
-        --valid_file valid.xyz --head e2ip --output best_e2ip.ckpt
+    eip-attach mace --model plain.model --train_file train.xyz --valid_file valid.xyz \\
+        --head e2ip --output plain_e2ip.model
+    eip-attach nequip --model outputs/plain/best.ckpt --train_file train.xyz \\
+        --valid_file valid.xyz --head e2ip --output plain_e2ip.ckpt
 
 The input model file is never modified; the report compares before/after on the validation file.
 """
@@ -20,24 +20,35 @@ import sys
 from ..calibration import RECALIBRATION_CHOICES, CalibrationSettings
 from ..core.config import HEAD_KINDS
 from ..core.feature_density import DEFAULT_POWER, DEFAULT_STRENGTH
+from ..frameworks import require_framework
 from .labelled_data import AttachError
 
 
-def _common_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True)
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each option's default, except where there is none (required options, None)."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.required:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _common_arguments(p: argparse.ArgumentParser, model_help: str, output_help: str) -> None:
+    p.add_argument("--model", required=True, help=model_help + " (read only, never modified)")
     p.add_argument("--train_file", required=True, help="labelled structures (extxyz, ...)")
     p.add_argument("--valid_file", default=None, help="for early stopping and the report")
-    p.add_argument("--output", required=True)
-    p.add_argument("--head", choices=HEAD_KINDS, default="e2ip")
+    p.add_argument("--output", required=True, help=output_help + " (not --model)")
+    p.add_argument("--head", choices=HEAD_KINDS, default="e2ip", help="the head to train")
     p.add_argument("--replace", action="store_true", help="replace an existing head")
     p.add_argument("--forces_key", default="REF_forces", help="atoms.arrays key of the forces")
-    p.add_argument("--max_epochs", type=int, default=200)
+    add_energy_key_argument(p)
+    p.add_argument("--max_epochs", type=int, default=200, help="head training epochs at most")
     p.add_argument(
         "--patience", type=int, default=50, help="epochs without a better validation NLL"
     )
-    p.add_argument("--lr", type=float, default=5e-3)
-    p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=5e-3, help="Adam learning rate of the head")
+    p.add_argument("--batch_size", type=int, default=16, help="structures per batch")
+    p.add_argument("--seed", type=int, default=0, help="head initialisation and shuffling")
     p.add_argument(
         "--max_atoms_in_memory",
         type=int,
@@ -49,6 +60,15 @@ def _common_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eip_quantile", type=float, default=None, help="eip quantile q in (0, 1)")
     p.add_argument("--report", default=None, help="write the before/after report (JSON) here")
     add_calibration_arguments(p)
+
+
+def add_energy_key_argument(p: argparse.ArgumentParser) -> None:
+    """``--energy_key``, accepted as in ``mace_run_train`` and not used (forces only)."""
+    p.add_argument(
+        "--energy_key",
+        default=None,
+        help="accepted as in mace_run_train, not used: the head is fitted to forces only",
+    )
 
 
 def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
@@ -92,17 +112,23 @@ def calibration_settings(args) -> CalibrationSettings:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="eip-attach", description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="framework", required=True)
-    m = sub.add_parser(
-        "mace", help="a MACE '*.model' file", formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    m = sub.add_parser("mace", help="a MACE '*.model' file", formatter_class=HelpFormatter)
+    _common_arguments(
+        m,
+        "a MACE *.model (plain, multi-head or foundation-style local file; not *_compiled.model)",
+        "the *.model to write",
     )
-    _common_arguments(m)
     m.add_argument("--mace_head", default=None, help="head of a multi-head MACE model")
     n = sub.add_parser(
         "nequip",
         help="a NequIP checkpoint ('*.ckpt') or package ('*.nequip.zip'); writes a checkpoint",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HelpFormatter,
     )
-    _common_arguments(n)
+    _common_arguments(
+        n,
+        "a NequIP checkpoint (*.ckpt) or nequip-package file (*.nequip.zip); not a compiled *.pt2",
+        "the checkpoint (*.ckpt) to write; nequip-package / nequip-compile --target ase_uq it",
+    )
     n.add_argument(
         "--feature_layer",
         type=int,
@@ -127,6 +153,7 @@ def _head_options(args) -> dict:
 
 
 def _attach(args) -> dict:
+    require_framework(args.framework)
     common = {
         "head": args.head,
         "valid_file": args.valid_file,
@@ -159,9 +186,11 @@ def run_command(prog: str, args, work, show) -> int:
     """Run ``work(args) -> report`` with one-line errors (exit 2), then ``show(report)``, name the
     written file and write ``--report`` (shared by ``eip-attach`` and ``eip-calibrate``)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    if getattr(args, "energy_key", None):
+        logging.info(f"--energy_key={args.energy_key} is not used: the head needs forces only")
     try:
         report = work(args)
-    except (AttachError, ValueError, FileNotFoundError) as err:
+    except (AttachError, ValueError, FileNotFoundError, ImportError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     show(report)

@@ -18,7 +18,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..attach.cli import add_calibration_arguments, calibration_settings, run_command
+from ..attach.cli import (
+    HelpFormatter,
+    add_calibration_arguments,
+    add_energy_key_argument,
+    calibration_settings,
+    run_command,
+)
+from ..frameworks import require_framework
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,10 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("mace", "a MACE '*.model' with a head; writes a '*.model'"),
         ("nequip", "a NequIP checkpoint ('*.ckpt') with a head; writes a checkpoint"),
     ):
-        s = sub.add_parser(
-            name, help=help_text, formatter_class=argparse.ArgumentDefaultsHelpFormatter
-        )
-        s.add_argument("--model", required=True)
+        s = sub.add_parser(name, help=help_text, formatter_class=HelpFormatter)
+        s.add_argument("--model", required=True, help=f"{help_text.split(';')[0]} (read only)")
         s.add_argument(
             "--train_file", required=True, help="the structures the model was trained on"
         )
@@ -40,9 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
             default=None,
             help="held-out labelled structures for the recalibration (without: c = 1)",
         )
-        s.add_argument("--output", required=True)
+        s.add_argument("--output", required=True, help="where to write (not --model)")
         s.add_argument("--forces_key", default="REF_forces", help="atoms.arrays key of forces")
-        s.add_argument("--batch_size", type=int, default=16)
+        add_energy_key_argument(s)
+        s.add_argument("--batch_size", type=int, default=16, help="structures per batch")
         s.add_argument("--report", default=None, help="write the report (JSON) here")
         add_calibration_arguments(s)
         if name == "mace":
@@ -51,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _calibrate(args) -> dict:
+    require_framework(args.framework)
     common = {
         "forces_key": args.forces_key,
         "batch_size": args.batch_size,

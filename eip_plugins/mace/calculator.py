@@ -26,7 +26,17 @@ def load_model(path: Union[str, Path], device: str = "cpu") -> torch.nn.Module:
     """Load a ``*.model`` (eager pickle) or ``*_compiled.model`` (TorchScript) MACE model."""
     import mace  # noqa: F401 - registers MACE's classes and its torch.load setting
 
-    return torch.load(str(path), map_location=device, weights_only=False)
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"MACE model file {path} does not exist")
+    try:
+        return torch.load(str(path), map_location=device, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a model file"
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise ValueError(
+            f"{path} is not a MACE model file (torch.load failed: {type(err).__name__}: "
+            f"{first}); give the '*.model' or '*_compiled.model' written by mace_run_train"
+        ) from err
 
 
 def has_evidential_head(model: torch.nn.Module) -> bool:

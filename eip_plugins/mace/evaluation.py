@@ -208,6 +208,7 @@ def wrap_eval_run(run):
 
     @functools.wraps(run)
     def run_with_uncertainty(args):
+        _match_model_dtype(args)
         with _collecting() as collected:
             result = run(args)
         if len(collected):
@@ -216,6 +217,27 @@ def wrap_eval_run(run):
 
     run_with_uncertainty.__eip_wrapped__ = True
     return run_with_uncertainty
+
+
+def _match_model_dtype(args) -> None:
+    """Before eval_configs runs: a model file that cannot be loaded stops with one line, and a
+    model with a head is evaluated in its own dtype (``--default_dtype`` defaults to float64,
+    which fails deep in e3nn on a float32 model)."""
+    from .calculator import has_evidential_head, load_model
+
+    try:
+        model = load_model(args.model)
+    except (FileNotFoundError, ValueError) as err:
+        raise SystemExit(f"mace_eval_configs: error: {err}") from err
+    if not has_evidential_head(model):
+        return  # a plain model: MACE's behaviour, unchanged
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+    if dtype != args.default_dtype:
+        logging.warning(
+            f"{args.model} is a {dtype} model: evaluating it in {dtype}, not "
+            f"--default_dtype={args.default_dtype}"
+        )
+        args.default_dtype = dtype
 
 
 def write_uncertainty(path: str, collected: _Collected, prefix: str) -> None:

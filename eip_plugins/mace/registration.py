@@ -183,7 +183,10 @@ def _wrap_get_loss_fn(get_loss_fn):
         loss = EvidentialLoss(head_config_from_args(args))
         loss.calibration = calibration_settings_from_args(args)
         _state(args)["loss"] = loss
-        logging.info(f"--head={args.head}: MACE's --loss={args.loss} is replaced by {loss}")
+        logging.info(
+            f"--head={args.head}: MACE's --loss={args.loss}, --energy_weight={args.energy_weight} "
+            f"and --forces_weight={args.forces_weight} are not used; the loss is {loss}"
+        )
         return loss
 
     return _wrapped(get_loss_fn, get_evidential_loss_fn)

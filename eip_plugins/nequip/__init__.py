@@ -15,11 +15,20 @@ loaded on first attribute access:
 
 import importlib
 
-from . import _fields
-from .compile_targets import register as _register_compile_targets
+try:
+    from . import _fields
+    from .compile_targets import register as _register_compile_targets
 
-_fields.register()
-_register_compile_targets()
+    _fields.register()
+    _register_compile_targets()
+except ModuleNotFoundError as err:
+    if (err.name or "").split(".")[0] != "nequip":
+        raise
+    raise ImportError(
+        "eip_plugins.nequip needs NequIP, which is not installed in this environment: "
+        'pip install "eip-plugins[nequip]" (nequip>=0.19,<0.20; it cannot share an environment '
+        "with mace-torch, which pins e3nn 0.4.4 -- use .venv-nequip)"
+    ) from err
 
 _LAZY = {
     "EvidentialNequIPGNNModel": ".model",

@@ -14,6 +14,7 @@ gradient of the uncertainty that uncertainty-driven dynamics needs: calculators 
 """
 
 import contextlib
+import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
@@ -102,6 +103,7 @@ class NequIPUQCalculator(_IntegrationLoaderMixin, UncertaintyCalculator):
         ``chemical_species_to_atom_type_map=True`` (default) maps each element to the model
         type of the same name; pass a dict otherwise.
         """
+        _check_archive(compile_path, f"a NequIP model compiled with --target {ASE_UQ_TARGET}")
         _check_compiled_outputs(compile_path, device)
         return super().from_compiled_model(
             compile_path,
@@ -119,6 +121,7 @@ class NequIPUQCalculator(_IntegrationLoaderMixin, UncertaintyCalculator):
         **kwargs,
     ) -> "NequIPUQCalculator":
         """Load a checkpoint (``.ckpt``) or ``nequip-package`` file (``.nequip.zip``) directly."""
+        _check_archive(model_path, "a NequIP checkpoint (*.ckpt) or package (*.nequip.zip)")
         return cls._from_saved_model(
             model_path,
             device=device,
@@ -184,6 +187,18 @@ def _keep_force_graph(model, keep: bool):
     finally:
         for m in modules:
             m.training = False
+
+
+def _check_archive(path, what: str) -> None:
+    """FileNotFoundError / ValueError naming ``path`` when it is missing or not a zip archive
+    (checkpoints, packages and AOTInductor files all are), before NequIP tries to read it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is not {what}: not a zip archive (empty, truncated or another kind of file)"
+        )
 
 
 def _check_compiled_outputs(compile_path, device) -> None:

@@ -3,7 +3,7 @@
 Trains, through NequIP's own ``nequip-train`` (subprocess), on the same data, architecture and
 epochs: four plain NequIP models (``examples/benchmark/nequip_configs/plain.yaml``, seeds s..s+3;
 the deep ensemble, member 0 is also "plain") and one model per head with the project's
-``configs/config_with_eip.yaml`` (``++head=e2ip|eip|mve``, seed s). Then evaluates every method
+``eip_plugins/nequip/configs/config_with_eip.yaml`` (``++head=e2ip|eip|mve``, seed s). Then evaluates every method
 on every test split and times inference, interleaved.
 
     .venv-nequip/bin/python -m examples.benchmark.nequip_part --data DIR --out DIR [--quick]
@@ -27,9 +27,7 @@ from examples.benchmark import common
 from examples.benchmark.data import read_split
 
 LOG = logging.getLogger("benchmark.nequip")
-REPO = Path(__file__).resolve().parents[2]
 PLAIN_CONFIG_DIR = Path(__file__).resolve().parent / "nequip_configs"
-EIP_CONFIG_DIR = REPO / "configs"
 HEADS = ("e2ip", "eip", "mve")
 ATTACHED_FILE = "e2ip_attached.ckpt"
 MODEL_SUFFIX = ".ckpt"  # what eip-calibrate writes for the calibration variants
@@ -74,7 +72,7 @@ def train_command(head: str, seed: int, data: Path, workdir: Path, s: NequipSett
     config = (
         ["-cp", str(PLAIN_CONFIG_DIR), "-cn", "plain"]
         if head == "none"
-        else ["-cp", str(EIP_CONFIG_DIR), "-cn", "config_with_eip", f"++head={head}"]
+        else ["-cn", "config_with_eip", f"++head={head}"]  # the config shipped with eip-plugins
     )
     return [
         str(exe),

@@ -238,3 +238,90 @@ def test_md_records_the_feature_distance_and_frames_can_be_selected_on_it(tmp_pa
     column = f"{settings.select_on}_max"
     chosen = select_uncertain_frames(log[column], -np.inf, 1, settings.max_frames)
     assert chosen == [int(np.argmax(log["feature_distance_max"]))]
+
+
+def test_a_reference_that_cannot_be_created_stops_the_loop_before_any_md(tmp_path):
+    train = tmp_path / "train.xyz"
+    _base_training_set(train)
+    calculators = []
+
+    def missing_tblite():
+        raise ImportError("the default reference, GFN2-xTB, needs tblite")
+
+    loop = ActiveLearningLoop(
+        tmp_path / "al",
+        "model0",
+        train,
+        [molecule("CH3CH2OH")],
+        lambda model, udd: calculators.append(model) or ToyUQCalculator(udd=udd),
+        lambda *a: pytest.fail("retrained without a reference"),
+        missing_tblite,
+        ALSettings(generations=1, md=MDSettings(steps=4, record_every=2)),
+    )
+    with pytest.raises(RuntimeError, match="reference calculator cannot be created.*tblite"):
+        loop.run()
+    assert calculators == []  # no MD ran
+    assert not (tmp_path / "al" / "gen_001").exists()
+
+
+def _eip_al_cli(tmp_path, *extra, hide_tblite=False):
+    """Run ``eip-al`` in a subprocess (optionally with tblite made unimportable)."""
+    import os
+    import subprocess
+    import sys
+
+    train = tmp_path / "train.xyz"
+    _base_training_set(train)
+    argv = [
+        "--framework", "mace", "--model", "no_model_needed.model", "--train_file", str(train),
+        "--start", f"{train}@0", "--workdir", str(tmp_path / "al"),
+        "--train_command", "true", "--model_path", "x", *extra,
+    ]  # fmt: skip
+    code = (
+        "import sys; sys.modules['tblite'] = None; " if hide_tblite else "import sys; "
+    ) + "from eip_plugins.active_learning.cli import main; sys.exit(main(sys.argv[1:]))"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}  # torch/e3nn warnings are not ours
+    return subprocess.run(
+        [sys.executable, "-c", code, *argv], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+
+
+def test_eip_al_without_tblite_stops_with_one_line_naming_the_extra(tmp_path):
+    proc = _eip_al_cli(tmp_path, hide_tblite=True)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith("eip-al: error: the reference calculator cannot be created")
+    assert 'pip install "eip-plugins[label]"' in errors[0] and "--reference" in errors[0]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "al" / "gen_001").exists()
+
+
+def test_eip_al_reference_option_loads_a_user_factory_and_refuses_bad_ones(tmp_path):
+    (tmp_path / "my_refs.py").write_text(
+        "def broken():\n    raise OSError('ORCA binary not found')\n"
+    )
+    proc = _eip_al_cli(tmp_path, "--reference", "my_refs:broken")
+    assert proc.returncode == 2 and "ORCA binary not found" in proc.stderr, proc.stderr
+    for spec, message in (
+        ("nowhere_module:f", "cannot import 'nowhere_module'"),
+        ("my_refs:absent", "my_refs has no function 'absent'"),
+        ("orca", "expected 'gfn2-xtb' or MODULE:FUNCTION"),
+    ):
+        proc = _eip_al_cli(tmp_path, "--reference", spec)
+        assert proc.returncode == 2, spec
+        (line,) = proc.stderr.strip().splitlines()
+        assert line.startswith(f"eip-al: error: --reference {spec!r}: ") and message in line
+
+
+def test_load_reference_returns_the_user_factory(tmp_path, monkeypatch):
+    from eip_plugins.active_learning.labelling import load_reference, tblite_reference
+
+    (tmp_path / "my_emt.py").write_text(
+        "from ase.calculators.emt import EMT\n\ndef make():\n    return EMT()\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_reference("gfn2-xtb") is tblite_reference
+    factory = load_reference("my_emt:make")
+    assert type(factory()).__name__ == "EMT"

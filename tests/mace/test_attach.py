@@ -49,9 +49,11 @@ def attached(tmp_path_factory, data) -> dict:
             "60",
             "--report",
             workdir / "report.json",
+            "--energy_key=REF_energy",  # as in mace_run_train: accepted, not used
         ],
         workdir,
     )
+    assert "--energy_key=REF_energy is not used" in proc.stdout + proc.stderr
     return {
         "workdir": workdir,
         "plain": plain,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ase.io
 import pytest
-from mace_helpers import train
+from mace_helpers import BIN, train
 
 pytestmark = pytest.mark.slow
 
@@ -50,3 +50,32 @@ def test_scalar_only_hidden_irreps(tmp_path, data):
 def test_unknown_head_name(tmp_path, data):
     last = _fails(tmp_path, data, ["--head=gaussian"], "--head")
     assert "invalid choice" in last
+
+
+def test_the_other_adapter_names_its_extra_in_this_environment(tmp_path):
+    """NequIP is not installed next to MACE: importing its adapter says what to install, and
+    eip-attach nequip stops with one line."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "from eip_plugins.nequip import NequIPUQCalculator"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: eip_plugins.nequip needs NequIP") and (
+        'pip install "eip-plugins[nequip]"' in last
+    )
+    proc = subprocess.run(
+        [str(BIN / "eip-attach"), "nequip", "--model", "m.ckpt", "--train_file", "t.xyz",
+         "--output", "o.ckpt"],
+        cwd=tmp_path, capture_output=True, text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},  # torch/e3nn warnings are not ours
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"eip-attach: error: {last.removeprefix('ImportError: ')}"
+    ]

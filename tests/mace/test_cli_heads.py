@@ -106,3 +106,44 @@ def test_stage_two_and_ema_runs_complete(e2ip_run, mve_run):
     assert "Stage Two evidential loss: EvidentialLoss(head=mve" in mve_run["log"]
     assert "Loaded Stage two model" in mve_run["log"]
     assert (mve_run["workdir"] / "mve_stagetwo.model").is_file()
+
+
+def test_log_names_the_mace_loss_options_it_does_not_use(e2ip_run):
+    assert re.search(
+        r"--head=e2ip: MACE's --loss=\S+, --energy_weight=\S+ and --forces_weight=\S+ are not "
+        r"used; the loss is EvidentialLoss\(head=e2ip",
+        e2ip_run["log"],
+    ), e2ip_run["log"][:3000]
+
+
+def test_eval_configs_takes_the_dtype_of_a_float32_model_with_a_head(e2ip_run, data, tmp_path):
+    """Without --default_dtype (float64 by default) MACE itself would fail deep in e3nn on this
+    float32 model; with a head the model is evaluated in its own dtype, with a warning."""
+    import ase.io
+    from mace_helpers import eval_command, run_cli
+
+    cmd = eval_command(e2ip_run["model"], data["test_300K"], "out.xyz")
+    cmd.remove("--default_dtype=float32")
+    proc = run_cli(cmd, tmp_path)
+    assert "is a float32 model: evaluating it in float32" in proc.stderr
+    frames = ase.io.read(tmp_path / "out.xyz", ":")
+    np.testing.assert_array_equal(_sigma(frames), _sigma(e2ip_run["test_300K"]))
+
+
+@pytest.mark.parametrize("content", [b"garbage\n", b""])
+def test_a_corrupt_model_file_gives_one_line(content, data, tmp_path):
+    from mace_helpers import eval_command, run_cli
+
+    from eip_plugins.mace import MACEUQCalculator
+
+    bad = tmp_path / "bad.model"
+    bad.write_bytes(content)
+    with pytest.raises(ValueError, match=r"bad\.model is not a MACE model file \(torch\.load"):
+        MACEUQCalculator(model_paths=str(bad))
+    with pytest.raises(FileNotFoundError, match="MACE model file .*missing.model does not exist"):
+        MACEUQCalculator(model_paths=str(tmp_path / "missing.model"))
+    proc = run_cli(eval_command(bad, data["test_300K"], "out.xyz"), tmp_path, check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"mace_eval_configs: error: {bad} is not a MACE model file")
+    assert bad.read_bytes() == content and not (tmp_path / "out.xyz").exists()

@@ -45,6 +45,10 @@ def test_regular_wheel_ships_pth_and_pip_installs_it(tmp_path):
     )
     (wheel,) = tmp_path.glob("eip_plugins-*.whl")
     assert _wheel_pth(wheel) == PTH_CONTENT
+    with zipfile.ZipFile(wheel) as zf:  # nequip-train -cn config_with_eip from any folder
+        assert "eip_plugins/nequip/configs/config_with_eip.yaml" in zf.namelist()
+        assert "hydra_plugins/eip_plugins_nequip/__init__.py" in zf.namelist()
+        assert "hydra_plugins/__init__.py" not in zf.namelist()  # a namespace shared by plugins
     target = tmp_path / "target"
     _run([sys.executable, "-m", "pip", "install", "--no-deps", "--target", target, wheel])
     assert (target / PTH_NAME).read_text() == PTH_CONTENT

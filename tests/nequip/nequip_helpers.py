@@ -16,7 +16,6 @@ from eip_plugins.nequip import EvidentialNequIPGNNModel
 
 REPO = Path(__file__).resolve().parents[2]
 DATA = REPO / "examples" / "data"
-CONFIGS = REPO / "configs"
 BIN = Path(sys.executable).parent
 NEQUIP_TRAIN = str(BIN / "nequip-train")
 NEQUIP_COMPILE = str(BIN / "nequip-compile")
@@ -59,10 +58,8 @@ def run_cli(cmd, cwd: Path, env: dict | None = None, timeout: int = 900, check: 
 def train_args(run_dir: Path, head: str, epochs: int, *extra) -> list:
     return [
         NEQUIP_TRAIN,
-        "-cp",
-        CONFIGS,
         "-cn",
-        "config_with_eip",
+        "config_with_eip",  # shipped in the package, found through Hydra's search path
         f"++train_file={DATA / 'ethanol_train.xyz'}",
         f"++val_file={DATA / 'ethanol_valid.xyz'}",
         f"++test_file={DATA / 'ethanol_test_300K.xyz'}",

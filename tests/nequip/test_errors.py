@@ -6,7 +6,7 @@ import pytest
 from ase.build import molecule
 from nequip.data import AtomicDataDict
 from nequip.integrations.utils import basic_transforms
-from nequip_helpers import TYPES, build_model, run_cli, to_data, train_args
+from nequip_helpers import BIN, TYPES, build_model, run_cli, to_data, train_args
 
 from eip_plugins.nequip import EvidentialLoss, EvidentialNequIPGNNModel, NequIPUQCalculator
 
@@ -126,3 +126,61 @@ def _ethanol_data():
     atoms.info["REF_energy"] = -300.0
     atoms.arrays["REF_forces"] = atoms.positions * 0.0
     return to_data([atoms])
+
+
+def test_the_other_adapter_names_its_extra_in_this_environment(tmp_path):
+    """MACE is not installed next to NequIP: its adapter says what to install, and
+    eip-attach mace / eip-calibrate mace stop with one line."""
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", "from eip_plugins.mace import MACEUQCalculator"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 1
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("ImportError: eip_plugins.mace needs MACE") and (
+        'pip install "eip-plugins[mace]"' in last
+    )
+    for tool in ("eip-attach", "eip-calibrate"):
+        proc = subprocess.run(
+            [str(BIN / tool), "mace", "--model", "m.model", "--train_file", "t.xyz",
+             "--valid_file", "v.xyz", "--output", "o.model"],
+            cwd=tmp_path, capture_output=True, text=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},  # torch/e3nn warnings are not ours
+        )  # fmt: skip
+        assert proc.returncode == 2, (tool, proc.stderr)
+        assert proc.stderr.strip().splitlines() == [
+            f"{tool}: error: {last.removeprefix('ImportError: ')}"
+        ], tool
+
+
+def test_config_with_eip_is_found_from_any_folder_and_needs_the_data_files(tmp_path):
+    """``-cn config_with_eip`` without ``-cp``: the config shipped in the package is on Hydra's
+    search path (the training itself runs in test_cli_end_to_end); its data files are required."""
+    proc = run_cli([BIN / "nequip-train", "-cn", "config_with_eip", "--cfg", "job"], tmp_path)
+    assert "EvidentialNequIPGNNModel" in proc.stdout and "train_file: ???" in proc.stdout
+    proc = run_cli(
+        [BIN / "nequip-train", "-cn", "config_with_eip", "++max_epochs=1"], tmp_path, check=False
+    )
+    assert proc.returncode != 0 and "Missing mandatory value: train_file" in proc.stdout
+
+
+@pytest.mark.parametrize("content", [b"garbage\n", b"", b"PK\x03\x04truncated"])
+def test_a_corrupt_model_file_gives_one_line_naming_it(content, tmp_path):
+    for name, load in (
+        ("bad.ckpt", NequIPUQCalculator.from_saved_model),
+        ("bad.nequip.zip", NequIPUQCalculator.from_saved_model),
+        ("bad.nequip.pt2", NequIPUQCalculator.from_compiled_model),
+    ):
+        bad = tmp_path / name
+        bad.write_bytes(content)
+        with pytest.raises(ValueError, match=rf"{name.replace('.', '[.]')} is not a NequIP .*"
+                           "not a zip archive"):  # fmt: skip
+            load(str(bad))
+        assert bad.read_bytes() == content
+        with pytest.raises(FileNotFoundError, match=r"model file .*missing\.ckpt does not exist"):
+            load(str(tmp_path / "missing.ckpt"))
