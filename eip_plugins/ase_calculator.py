@@ -69,6 +69,12 @@ class UncertaintyCalculator(Calculator):
     def __init__(self, udd: UDDConfig | dict | None = None, **kwargs):
         super().__init__(**kwargs)
         if isinstance(udd, dict):
+            unknown = sorted(set(udd) - set(UDDConfig.__dataclass_fields__))
+            if unknown:
+                raise ValueError(
+                    f"udd: unknown parameter(s) {unknown}; expected some of "
+                    f"{list(UDDConfig.__dataclass_fields__)}"
+                )
             udd = UDDConfig(**udd)
         if udd is not None and not isinstance(udd, UDDConfig):
             raise TypeError(f"udd must be None, a dict or a UDDConfig, got {type(udd).__name__}")
@@ -104,6 +110,16 @@ class UncertaintyCalculator(Calculator):
                 f"non-finite (NaN/inf) positions for atom(s) {bad[:10].tolist()} "
                 f"({atoms.get_chemical_formula()})"
             )
+        if atoms.pbc.any():
+            cell = atoms.cell.array
+            if not np.isfinite(cell).all():
+                raise ValueError(f"non-finite (NaN/inf) cell {cell.tolist()} with pbc={atoms.pbc}")
+            periodic = cell[atoms.pbc]
+            if np.linalg.matrix_rank(periodic, tol=1e-6) < len(periodic):
+                raise ValueError(
+                    f"the periodic cell is degenerate: lattice vectors {periodic.tolist()} A "
+                    f"(pbc={atoms.pbc.tolist()}) are zero or linearly dependent"
+                )
         if self.known_atomic_numbers is not None:
             unknown = sorted(set(atoms.numbers.tolist()) - set(self.known_atomic_numbers))
             if unknown:

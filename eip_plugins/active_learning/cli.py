@@ -18,14 +18,14 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-
-import ase.io
+from pathlib import Path
 
 from ..attach.cli import HelpFormatter
+from ..attach.labelled_data import frame_problem, read_structures
 from ..core.udd import UDDConfig
 from ..dynamics import MDSettings
 from ..frameworks import make_uq_calculator
-from .labelling import DEFAULT_REFERENCE, load_reference
+from .labelling import DEFAULT_REFERENCE, FORCES_KEY, load_reference
 from .loop import SELECTION_SCORES, ActiveLearningLoop, ALSettings
 from .retrain import CommandRetrainer
 
@@ -100,9 +100,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _read_start(spec: str):
+def _read_start(spec: str) -> list:
+    """``FILE`` (all structures) or ``FILE@INDEX``; ValueError naming the file or index."""
     path, _, index = spec.partition("@")
-    return ase.io.read(path, index or ":")
+    frames = read_structures(path)
+    if index:
+        try:
+            frames = [frames[int(index)]]
+        except (ValueError, IndexError):
+            raise ValueError(
+                f"--start {spec}: index {index!r} is not one of 0..{len(frames) - 1} "
+                f"({path} holds {len(frames)} structures)"
+            ) from None
+    for i, atoms in enumerate(frames):
+        problem = frame_problem(atoms, FORCES_KEY)
+        if problem:
+            raise ValueError(f"--start {spec}: structure {index or i}: {problem}")
+    return frames
 
 
 def main(argv=None) -> int:
@@ -110,6 +124,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         make_reference = load_reference(args.reference)
+        if not Path(args.model).is_file():
+            raise FileNotFoundError(f"model file {args.model} does not exist")
         start = _read_start(args.start)
         settings = ALSettings(
             generations=args.generations,
@@ -135,7 +151,7 @@ def main(argv=None) -> int:
             workdir=args.workdir,
             model=args.model,
             train_file=args.train_file,
-            start_structures=start if isinstance(start, list) else [start],
+            start_structures=start,
             make_calculator=lambda m, udd: make_uq_calculator(args.framework, m, udd, args.device),
             retrainer=CommandRetrainer(args.train_command, args.model_path),
             make_reference=make_reference,

@@ -29,10 +29,11 @@ from pathlib import Path
 import ase.io
 import numpy as np
 
+from ..attach.labelled_data import frame_problem, read_structures
 from ..core.udd import UDDConfig
 from ..dynamics import MDSettings, run_md, trajectory_entropies
 from ..plots import plot_md_logs
-from .labelling import label_frames
+from .labelling import FORCES_KEY, label_frames
 from .selection import frame_key, select_uncertain_frames
 
 log = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ class ALSettings:
             raise ValueError(f"invalid generations={self.generations!r}: must be >= 1")
         if self.max_frames < 1:
             raise ValueError(f"invalid max_frames={self.max_frames!r}: must be >= 1")
+        if self.threshold is not None and not np.isfinite(self.threshold):
+            raise ValueError(f"invalid threshold={self.threshold!r}: a finite number or None")
 
 
 class ActiveLearningLoop:
@@ -111,8 +114,16 @@ class ActiveLearningLoop:
         self.train_file = Path(train_file)
         if not self.train_file.exists():
             raise FileNotFoundError(f"training file {self.train_file} does not exist")
+        for i, atoms in enumerate(read_structures(self.train_file)):
+            problem = frame_problem(atoms, FORCES_KEY)
+            if problem:
+                raise ValueError(f"training file {self.train_file}: structure {i}: {problem}")
         if not start_structures:
             raise ValueError("at least one start structure is needed")
+        for i, atoms in enumerate(start_structures):
+            problem = frame_problem(atoms, FORCES_KEY)
+            if problem:
+                raise ValueError(f"start structure {i}: {problem}")
         self.start_structures = start_structures
         self.make_calculator = make_calculator
         self.retrainer = retrainer

@@ -9,14 +9,60 @@ from pathlib import Path
 
 import ase.data
 import ase.io
+import numpy as np
 
 
 class AttachError(ValueError):
     """Bad input to ``eip-attach`` (the message names the file, key or element)."""
 
 
+def read_structures(path) -> list:
+    """All frames of an ASE-readable file; AttachError naming the file when it is missing,
+    empty or cannot be parsed (instead of ASE's traceback)."""
+    path = Path(path)
+    if not path.is_file():
+        raise AttachError(f"data file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise AttachError(f"data file {path} is empty")
+    try:
+        frames = ase.io.read(path, ":")
+    except Exception as err:  # noqa: BLE001 - any parse error: one line naming the file
+        reason = str(err).splitlines()[0] if str(err) else ""
+        raise AttachError(
+            f"data file {path} cannot be read by ase.io ({type(err).__name__}: {reason}); "
+            "give an extxyz file (or another format ase.io.read knows)"
+        ) from err
+    if not frames:
+        raise AttachError(f"data file {path} holds no structures")
+    return frames
+
+
+def frame_problem(atoms, forces_key: str) -> str | None:
+    """What makes one labelled frame unusable (non-finite positions, cell or forces, forces of
+    the wrong shape), naming the atom; None if it is fine. Forces: ``arrays[forces_key]``,
+    (N, 3) eV/A."""
+    positions = atoms.get_positions()
+    bad = np.flatnonzero(~np.isfinite(positions).all(axis=1))
+    if bad.size:
+        j = int(bad[0])
+        return f"atom {j} ({atoms[j].symbol}) has a non-finite position {positions[j].tolist()}"
+    if atoms.pbc.any() and not np.isfinite(atoms.cell.array).all():
+        return f"non-finite cell {atoms.cell.array.tolist()}"
+    forces = atoms.arrays.get(forces_key)
+    if forces is None:
+        return None
+    if forces.shape != (len(atoms), 3):
+        return f"forces {forces_key!r} have shape {forces.shape}, expected ({len(atoms)}, 3)"
+    bad = np.flatnonzero(~np.isfinite(forces).all(axis=1))
+    if bad.size:
+        j = int(bad[0])
+        return f"atom {j} ({atoms[j].symbol}) has non-finite forces {forces_key!r} {forces[j].tolist()}"
+    return None
+
+
 def read_labelled(path, forces_key: str, known_numbers: set[int]) -> list:
-    """Read ASE-readable frames; every frame must have forces and only elements the model knows.
+    """Read ASE-readable frames; every frame must have finite forces and positions and only
+    elements the model knows.
 
     Args:
         path: data file (extxyz or any format ``ase.io.read`` knows).
@@ -24,11 +70,7 @@ def read_labelled(path, forces_key: str, known_numbers: set[int]) -> list:
         known_numbers: atomic numbers the model was trained on.
     """
     path = Path(path)
-    if not path.is_file():
-        raise AttachError(f"data file {path} does not exist")
-    frames = ase.io.read(path, ":")
-    if not frames:
-        raise AttachError(f"data file {path} holds no structures")
+    frames = read_structures(path)
     for i, atoms in enumerate(frames):
         if forces_key not in atoms.arrays:
             raise AttachError(
@@ -42,6 +84,9 @@ def read_labelled(path, forces_key: str, known_numbers: set[int]) -> list:
                 f"{path}: structure {i} contains element(s) {names} the model does not know "
                 f"(it knows {[ase.data.chemical_symbols[z] for z in sorted(known_numbers)]})"
             )
+        problem = frame_problem(atoms, forces_key)
+        if problem:
+            raise AttachError(f"{path}: structure {i}: {problem}")
     return frames
 
 

@@ -37,6 +37,10 @@ DEFAULT_SHRINKAGE = 0.1
 DEFAULT_JITTER = 1e-6
 DEFAULT_STRENGTH = 1.0
 DEFAULT_POWER = 2.0
+#: r^2 beyond this counts as this (r = 10^6)
+MAX_DISTANCE_SQ = 1.0e12
+#: the epistemic variance grows by this factor at most (sigma_epistemic by 10^6)
+MAX_EVIDENCE_DIVISOR = 1.0e12
 
 
 @dataclass
@@ -197,10 +201,13 @@ class FeatureDensity(nn.Module):
 
     def evidence_factor(self, distance_sq: Tensor) -> Tensor:
         """1 / (1 + a r^(2p)), (N,): 1 at the training atoms' centre (and without statistics),
-        -> 0 far away."""
+        -> 0 far away, bounded below by 1 / (1 + MAX_EVIDENCE_DIVISOR) (r is capped at
+        sqrt(MAX_DISTANCE_SQ)) so that float32 models stay finite, gradients included, for any
+        input; the caps only act beyond r ~ 10^3, far outside anything a model has seen."""
         a = self.strength.to(distance_sq.dtype)
         p = self.power.to(distance_sq.dtype)
-        return 1.0 / (1.0 + a * torch.pow(distance_sq, p))
+        growth = a * torch.pow(distance_sq.clamp(max=MAX_DISTANCE_SQ), p)
+        return 1.0 / (1.0 + growth.clamp(max=MAX_EVIDENCE_DIVISOR))
 
     @property
     def fitted(self) -> bool:

@@ -251,6 +251,8 @@ def _check_forces_in_file(path: str, key: str, flag: str, head: str) -> None:
     import ase.io
     import numpy as np
 
+    from ..attach.labelled_data import frame_problem
+
     try:
         frames = ase.io.read(path, index=":")
     except Exception as err:  # noqa: BLE001 - report any parse error as one line
@@ -264,5 +266,8 @@ def _check_forces_in_file(path: str, key: str, flag: str, head: str) -> None:
                 f"--{flag} {path}: frame {i} has no reference forces '{key}' "
                 f"(--head={head} trains on forces; set --forces_key)"
             )
-        if not np.all(np.isfinite(forces)):
-            raise HeadArgumentError(f"--{flag} {path}: frame {i} has non-finite forces '{key}'")
+        problem = frame_problem(atoms, key) if key in atoms.arrays else None
+        if problem is None and not np.all(np.isfinite(forces)):
+            problem = f"non-finite forces '{key}'"
+        if problem:
+            raise HeadArgumentError(f"--{flag} {path}: frame {i}: {problem}")

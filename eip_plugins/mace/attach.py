@@ -32,6 +32,7 @@ from ..attach import (
 from ..attach.verify import require_identical_predictions
 from ..calibration import CalibrationSettings
 from ..core.config import HeadConfig
+from .calculator import load_model
 from .features import extract_features, frames_to_batches
 from .heads import select_mace_head
 
@@ -45,16 +46,12 @@ def load_backbone(path, replace: bool = False) -> nn.Module:
     keeps the MACE head the old evidential head was fit to as ``eip_previous_mace_head``.
     """
     path = Path(path)
-    if not path.is_file():
-        raise AttachError(f"model file {path} does not exist")
     try:
-        model = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a MACE model"
-        raise AttachError(
-            f"{path} is not a MACE model file (torch.load failed: {type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else ''}). Give the eager '*.model' file "
-            "written by mace_run_train, not the '*_compiled.model' or a checkpoint."
-        ) from err
+        model = load_model(path)
+    except FileNotFoundError as err:
+        raise AttachError(str(err)) from err
+    except ValueError as err:
+        raise AttachError(str(err)) from err
     if isinstance(model, torch.jit.ScriptModule):
         raise AttachError(
             f"{path} is a TorchScript-compiled model; give the eager '*.model' file instead"

@@ -16,6 +16,7 @@ import torch
 
 from ..ase_calculator import UncertaintyCalculator
 from ..core import keys
+from ..model_files import check_model_archive
 from .heads import select_mace_head
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -26,17 +27,25 @@ def load_model(path: Union[str, Path], device: str = "cpu") -> torch.nn.Module:
     """Load a ``*.model`` (eager pickle) or ``*_compiled.model`` (TorchScript) MACE model."""
     import mace  # noqa: F401 - registers MACE's classes and its torch.load setting
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"MACE model file {path} does not exist")
+    hint = "give the '*.model' (or '*_compiled.model') written by mace_run_train"
     try:
-        return torch.load(str(path), map_location=device, weights_only=False)
+        path = check_model_archive(path, "a MACE model file")
+    except ValueError as err:
+        raise ValueError(f"{err}; {hint}") from err
+    try:
+        model = torch.load(str(path), map_location=device, weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a model file"
-        first = str(err).splitlines()[0] if str(err) else ""
+        first = (str(err).splitlines() or [""])[0][:200]
         raise ValueError(
             f"{path} is not a MACE model file (torch.load failed: {type(err).__name__}: "
-            f"{first}); give the '*.model' or '*_compiled.model' written by mace_run_train"
+            f"{first}); {hint}"
         ) from err
+    if not isinstance(model, torch.nn.Module):
+        raise ValueError(
+            f"{path} is not a MACE model file: it holds a {type(model).__name__}, not a model "
+            f"(a checkpoint, or a model of another framework?); {hint}"
+        )
+    return model
 
 
 def has_evidential_head(model: torch.nn.Module) -> bool:

@@ -28,6 +28,7 @@ import functools
 import logging
 from contextlib import contextmanager
 
+import ase.data
 import numpy as np
 import torch
 
@@ -208,7 +209,7 @@ def wrap_eval_run(run):
 
     @functools.wraps(run)
     def run_with_uncertainty(args):
-        _match_model_dtype(args)
+        _check_inputs(args)
         with _collecting() as collected:
             result = run(args)
         if len(collected):
@@ -219,10 +220,12 @@ def wrap_eval_run(run):
     return run_with_uncertainty
 
 
-def _match_model_dtype(args) -> None:
-    """Before eval_configs runs: a model file that cannot be loaded stops with one line, and a
-    model with a head is evaluated in its own dtype (``--default_dtype`` defaults to float64,
-    which fails deep in e3nn on a float32 model)."""
+def _check_inputs(args) -> None:
+    """Before eval_configs runs: a model file that cannot be loaded stops with one line; for a
+    model with a head, so does a ``--configs`` file that cannot be read, has non-finite
+    positions or unknown elements, and the model is evaluated in its own dtype
+    (``--default_dtype`` defaults to float64, which fails deep in e3nn on a float32 model)."""
+    from ..attach.labelled_data import frame_problem, read_structures
     from .calculator import has_evidential_head, load_model
 
     try:
@@ -231,6 +234,18 @@ def _match_model_dtype(args) -> None:
         raise SystemExit(f"mace_eval_configs: error: {err}") from err
     if not has_evidential_head(model):
         return  # a plain model: MACE's behaviour, unchanged
+    known = {int(z) for z in model.atomic_numbers}
+    try:
+        for i, atoms in enumerate(read_structures(args.configs)):
+            problem = frame_problem(atoms, forces_key="")
+            unknown = sorted(set(atoms.numbers.tolist()) - known)
+            if unknown:
+                names = [ase.data.chemical_symbols[z] for z in unknown]
+                problem = f"contains element(s) {names} the model was not trained on"
+            if problem:
+                raise ValueError(f"{args.configs}: structure {i}: {problem}")
+    except ValueError as err:
+        raise SystemExit(f"mace_eval_configs: error: {err}") from err
     dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
     if dtype != args.default_dtype:
         logging.warning(

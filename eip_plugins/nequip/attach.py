@@ -41,6 +41,7 @@ from ..attach import (
 from ..attach.verify import require_identical_predictions
 from ..calibration import CalibrationSettings
 from ..core.config import HeadConfig
+from ..model_files import check_model_archive
 from . import _fields
 from .features import extract_features, frames_to_batches
 
@@ -76,9 +77,13 @@ def load_checkpoint(path) -> dict:
             "the checkpoint (best.ckpt) it was compiled from."
         )
     try:
+        check_model_archive(path, "a NequIP checkpoint")
+    except ValueError as err:
+        raise AttachError(str(err)) from err
+    try:
         ck = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        first = str(err).splitlines()[0] if str(err) else ""
+        first = (str(err).splitlines() or [""])[0][:200]
         raise AttachError(
             f"{path} is not a NequIP checkpoint (torch.load failed: {type(err).__name__}: {first})"
         ) from err

@@ -14,7 +14,6 @@ gradient of the uncertainty that uncertainty-driven dynamics needs: calculators 
 """
 
 import contextlib
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Union
 
@@ -26,6 +25,7 @@ from nequip.nn import ForceStressOutput
 
 from eip_plugins.ase_calculator import UncertaintyCalculator
 from eip_plugins.core import HEAD_KINDS, keys
+from eip_plugins.model_files import check_model_archive
 
 from . import _fields
 from .compile_targets import ASE_UQ_TARGET
@@ -103,14 +103,16 @@ class NequIPUQCalculator(_IntegrationLoaderMixin, UncertaintyCalculator):
         ``chemical_species_to_atom_type_map=True`` (default) maps each element to the model
         type of the same name; pass a dict otherwise.
         """
-        _check_archive(compile_path, f"a NequIP model compiled with --target {ASE_UQ_TARGET}")
-        _check_compiled_outputs(compile_path, device)
-        return super().from_compiled_model(
-            compile_path,
-            device=device,
-            chemical_species_to_atom_type_map=chemical_species_to_atom_type_map,
-            **kwargs,
-        )
+        what = f"a NequIP model compiled with --target {ASE_UQ_TARGET}"
+        check_model_archive(compile_path, what)
+        with _unreadable_as(compile_path, what):
+            _check_compiled_outputs(compile_path, device)
+            return super().from_compiled_model(
+                compile_path,
+                device=device,
+                chemical_species_to_atom_type_map=chemical_species_to_atom_type_map,
+                **kwargs,
+            )
 
     @classmethod
     def from_saved_model(
@@ -121,13 +123,15 @@ class NequIPUQCalculator(_IntegrationLoaderMixin, UncertaintyCalculator):
         **kwargs,
     ) -> "NequIPUQCalculator":
         """Load a checkpoint (``.ckpt``) or ``nequip-package`` file (``.nequip.zip``) directly."""
-        _check_archive(model_path, "a NequIP checkpoint (*.ckpt) or package (*.nequip.zip)")
-        return cls._from_saved_model(
-            model_path,
-            device=device,
-            chemical_species_to_atom_type_map=chemical_species_to_atom_type_map,
-            **kwargs,
-        )
+        what = "a NequIP checkpoint (*.ckpt) or package (*.nequip.zip)"
+        check_model_archive(model_path, what)
+        with _unreadable_as(model_path, what):
+            return cls._from_saved_model(
+                model_path,
+                device=device,
+                chemical_species_to_atom_type_map=chemical_species_to_atom_type_map,
+                **kwargs,
+            )
 
     from_checkpoint = from_saved_model
     from_package = from_saved_model
@@ -189,16 +193,20 @@ def _keep_force_graph(model, keep: bool):
             m.training = False
 
 
-def _check_archive(path, what: str) -> None:
-    """FileNotFoundError / ValueError naming ``path`` when it is missing or not a zip archive
-    (checkpoints, packages and AOTInductor files all are), before NequIP tries to read it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist")
-    if not zipfile.is_zipfile(path):
+@contextlib.contextmanager
+def _unreadable_as(path, what: str):
+    """Turn a failure to load ``path`` (a corrupt archive, a model of another framework, a
+    foreign dict) into one ValueError naming the file; our own ValueErrors pass unchanged."""
+    try:
+        yield
+    except (ValueError, FileNotFoundError):
+        raise
+    except Exception as err:  # noqa: BLE001 - whatever torch/nequip raise on a foreign file
+        first = (str(err).splitlines() or [""])[0][:200]
         raise ValueError(
-            f"{path} is not {what}: not a zip archive (empty, truncated or another kind of file)"
-        )
+            f"{path} could not be loaded as {what} ({type(err).__name__}: {first}); "
+            "a corrupt file, or a model of another framework?"
+        ) from err
 
 
 def _check_compiled_outputs(compile_path, device) -> None:

@@ -272,8 +272,9 @@ def _eip_al_cli(tmp_path, *extra, hide_tblite=False):
 
     train = tmp_path / "train.xyz"
     _base_training_set(train)
+    (tmp_path / "unread.model").write_text("the reference is checked before the model is read")
     argv = [
-        "--framework", "mace", "--model", "no_model_needed.model", "--train_file", str(train),
+        "--framework", "mace", "--model", "unread.model", "--train_file", str(train),
         "--start", f"{train}@0", "--workdir", str(tmp_path / "al"),
         "--train_command", "true", "--model_path", "x", *extra,
     ]  # fmt: skip

@@ -244,3 +244,20 @@ def test_old_state_dicts_load_with_no_op_defaults():
     fit_random_statistics(fresh, num_species=2)
     fresh.load_state_dict(state, strict=True)
     assert not fresh.density.fitted and float(fresh.variance_scale.scale) == 1.0
+
+
+def test_evidence_factor_is_exact_below_the_caps_and_bounded_beyond():
+    from eip_plugins.core.feature_density import (
+        MAX_DISTANCE_SQ,
+        MAX_EVIDENCE_DIVISOR,
+        FeatureDensity,
+    )
+
+    density = FeatureDensity(1, 2).double()
+    r2 = torch.tensor([0.0, 1.0, 64.0, 1e5], dtype=torch.float64)
+    torch.testing.assert_close(density.evidence_factor(r2), 1.0 / (1.0 + r2**2), rtol=0, atol=0)
+    huge = torch.tensor([1e8, MAX_DISTANCE_SQ, 1e300, float("inf")], requires_grad=True)
+    factor = density.evidence_factor(huge.double())
+    torch.testing.assert_close(factor, torch.full_like(factor, 1.0 / (1.0 + MAX_EVIDENCE_DIVISOR)))
+    (grad,) = torch.autograd.grad(factor.sum(), huge)
+    assert torch.isfinite(grad).all()

@@ -1,0 +1,27 @@
+"""Model files: one clear line for a missing, empty, truncated or foreign file, before torch
+(or a framework) reads it and fails deep inside with an unrelated message."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+
+def check_model_archive(path, what: str) -> Path:
+    """Raise FileNotFoundError / ValueError naming ``path`` unless it is an existing zip archive
+    (``torch.save`` files, TorchScript, nequip-package and AOTInductor files all are).
+
+    Args:
+        path: the model file.
+        what: what the file should be, for the message (e.g. ``"a MACE model file"``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    if path.stat().st_size == 0:
+        raise ValueError(f"{path} is not {what}: the file is empty")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"{path} is not {what}: not a torch/zip archive (truncated, or another kind of file)"
+        )
+    return path

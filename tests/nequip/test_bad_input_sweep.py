@@ -1,0 +1,112 @@
+"""Bad-input sweep, NequIP environment: every case of ``tests/bad_inputs.py`` for NequIP's entry
+points ends in one line naming the problem, and leaves every file of its folder as it was."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from bad_inputs import (
+    bad_structures,
+    cases_for,
+    check_case,
+    make_workspace,
+    truncate_copy,
+)
+from nequip_helpers import BIN, DATA, cli_env
+
+CASES = cases_for("nequip")
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory, runs) -> dict:
+    folder = make_workspace(
+        tmp_path_factory.mktemp("bad_nequip"), DATA / "ethanol_train.xyz", ".ckpt"
+    )
+    shutil.copy(runs.trained("e2ip") / "best.ckpt", folder / "head.ckpt")
+    shutil.copy(runs.compiled("e2ip"), folder / "model.nequip.pt2")
+    truncate_copy(folder / "head.ckpt", folder / "truncated.ckpt")
+    (folder / "empty.nequip.pt2").write_bytes(b"")
+    (folder / "garbage.nequip.pt2").write_text("garbage\n")
+    (folder / "existing_output.ckpt").write_text("a checkpoint of the user's: must survive")
+    return {"folder": folder, "structures": bad_structures()}
+
+
+MODEL_FILES = {
+    "missing-model": "missing.ckpt",
+    "empty-model": "empty.ckpt",
+    "corrupt-model": "garbage.ckpt",
+    "truncated-model": "truncated.ckpt",
+    "foreign-model": "dict.ckpt",
+    "head-model": "head.ckpt",
+    "compiled-model": "model.nequip.pt2",
+}
+DATA_FILES = {
+    "missing-data": "missing.xyz",
+    "empty-data": "empty.xyz",
+    "corrupt-data": "garbage.xyz",
+    "nan-positions": "nan_positions.xyz",
+    "nan-forces": "nan_forces.xyz",
+    "missing-forces": "missing_forces.xyz",
+    "unknown-element": "unknown_element.xyz",
+}
+
+
+def _calculator(compiled: bool):
+    def make(case, ws):
+        from eip_plugins.nequip import NequIPUQCalculator
+
+        folder = ws["folder"]
+        if compiled:
+            load, good = NequIPUQCalculator.from_compiled_model, "model.nequip.pt2"
+            files = {k: v.replace(".ckpt", ".nequip.pt2") for k, v in MODEL_FILES.items()}
+        else:
+            load, good, files = NequIPUQCalculator.from_saved_model, "head.ckpt", MODEL_FILES
+        if case.bad_input in files:
+            return lambda: load(str(folder / files[case.bad_input]))
+        if case.bad_input == "out-of-range":
+            return lambda: load(str(folder / good), udd={"Q": 1.0})
+        atoms = ws["structures"][case.bad_input]
+
+        def evaluate():
+            atoms.calc = load(str(folder / good))
+            atoms.get_forces()
+
+        return evaluate
+
+    return make
+
+
+def _head_tool(tool):
+    def command(case, ws):
+        model = MODEL_FILES.get(case.bad_input, "head.ckpt")
+        output = "existing_output.ckpt"
+        if case.bad_input == "output-is-input":
+            model = output = "head.ckpt"
+        cmd = [BIN / tool, "nequip", "--model", model, "--output", output,
+               "--train_file", DATA_FILES.get(case.bad_input, "good.xyz"),
+               "--valid_file", "valid.xyz"]  # fmt: skip
+        if tool == "eip-attach":
+            cmd += ["--max_epochs", "1"]
+            if case.bad_input not in ("head-model",):
+                cmd += ["--replace"]  # head.ckpt is the backbone; its head is replaced
+        if case.bad_input == "out-of-range":
+            cmd += ["--head", "eip", "--eip_quantile", "1.5"] if tool == "eip-attach" else [
+                "--density_strength", "-1"]  # fmt: skip
+        return cmd
+
+    return command
+
+
+RUNNERS = {
+    "NequIPUQCalculator.from_saved_model": _calculator(compiled=False),
+    "NequIPUQCalculator.from_compiled_model": _calculator(compiled=True),
+    "eip-attach nequip": _head_tool("eip-attach"),
+    "eip-calibrate nequip": _head_tool("eip-calibrate"),
+}
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input_gives_one_line_and_changes_nothing(case, workspace):
+    made = RUNNERS[case.entry_point](case, workspace)
+    check_case(case, made, workspace["folder"], cli_env())
