@@ -34,9 +34,9 @@ BAD_INPUTS = {
         "file (torch.load failed: RuntimeError: …)`",
     ),
     "foreign-model": (
-        "a torch file holding no model of this framework (a dict, another framework's file)",
+        "a torch file holding no model of this framework (a dict; a MACE model given to NequIP)",
         "`FILE is not a MACE model file: it holds a dict …` / `FILE could not be loaded as a "
-        "NequIP checkpoint … (KeyError: 'hyper_parameters')`",
+        "NequIP checkpoint … (ModuleNotFoundError: No module named 'mace') …`",
     ),
     "plain-model": (
         "a plain model where a head is needed",
@@ -223,7 +223,8 @@ CASES: list[Case] = [
         "NequIPUQCalculator.from_saved_model",
         **_NEQUIP_MODEL,
         truncated_model=r"truncated\.ckpt (is not|could not be loaded as) a NequIP checkpoint",
-        foreign_model=r"dict\.ckpt could not be loaded as a NequIP checkpoint .*KeyError",
+        foreign_model=r"mace\.model could not be loaded as a NequIP checkpoint .*"
+        r"ModuleNotFoundError: No module named 'mace",
         **_STRUCTURE,
         out_of_range=r"udd: unknown parameter\(s\) \['Q'\]",
     ),
@@ -241,7 +242,8 @@ CASES: list[Case] = [
         "eip-attach nequip",
         **{k: "eip-attach: error: .*" + v for k, v in _NEQUIP_MODEL.items()},
         truncated_model=r"eip-attach: error: \S*truncated\.ckpt is not a NequIP checkpoint",
-        foreign_model=r"eip-attach: error: \S*dict\.ckpt is not a NequIP checkpoint",
+        foreign_model=r"eip-attach: error: \S*mace\.model is not a NequIP checkpoint .*"
+        r"No module named 'mace",
         head_model=r"eip-attach: error: \S*head\.ckpt already has an evidential 'e2ip' head",
         compiled_model=r"eip-attach: error: \S*\.nequip\.pt2 is a compiled \(AOTInductor\) model",
         **{k: "eip-attach: error: .*" + v for k, v in _DATA_FILE.items()},
@@ -252,7 +254,8 @@ CASES: list[Case] = [
         "nequip",
         "eip-calibrate nequip",
         **{k: "eip-calibrate: error: .*" + v for k, v in _NEQUIP_MODEL.items()},
-        foreign_model=r"eip-calibrate: error: \S*dict\.ckpt is not a NequIP checkpoint",
+        foreign_model=r"eip-calibrate: error: \S*mace\.model is not a NequIP checkpoint .*"
+        r"No module named 'mace",
         **{k: "eip-calibrate: error: .*" + v for k, v in _DATA_FILE.items()},
         out_of_range=r"eip-calibrate: error: invalid density strength=-1(\.0)?: must be >= 0",
         output_is_input=r"eip-calibrate: error: --output must differ from --model",
@@ -265,6 +268,18 @@ def cases_for(environment: str) -> list[Case]:
 
 
 # -- the workspace ---------------------------------------------------------------------------------
+#: bad data input -> the file of the workspace that holds it
+DATA_FILES = {
+    "missing-data": "missing.xyz",
+    "empty-data": "empty.xyz",
+    "corrupt-data": "garbage.xyz",
+    "nan-positions": "nan_positions.xyz",
+    "nan-forces": "nan_forces.xyz",
+    "missing-forces": "missing_forces.xyz",
+    "unknown-element": "unknown_element.xyz",
+}
+
+
 def make_workspace(folder: Path, source: Path, model_suffix: str) -> Path:
     """Data files and broken model files in ``folder``, from the labelled extxyz ``source``.
 
@@ -329,6 +344,35 @@ def bad_structures() -> dict:
         "nan-cell": nan_cell,
         "degenerate-cell": flat,
     }
+
+
+def unusual_valid_structures() -> dict:
+    """Structures that are odd but valid: they must evaluate to finite energies, forces and
+    uncertainties (no error): one atom, atoms beyond the cutoff of each other (empty neighbour
+    lists), a periodic cell smaller than the cutoff (the model sees periodic images)."""
+    from ase import Atoms
+    from ase.build import molecule
+
+    small_cell = molecule("H2O")
+    small_cell.cell = [3.0, 3.0, 3.0]
+    small_cell.pbc = True
+    small_cell.center()
+    return {
+        "single atom": Atoms("C", positions=[[0.0, 0.0, 0.0]]),
+        "isolated atoms": Atoms("CHO", positions=[[0, 0, 0], [9.0, 0, 0], [0, 9.0, 0]]),
+        "cell smaller than the cutoff": small_cell,
+    }
+
+
+def check_finite_results(calc, atoms) -> None:
+    import numpy as np
+
+    atoms.calc = calc
+    forces = atoms.get_forces()
+    assert np.isfinite(atoms.get_potential_energy()) and np.isfinite(forces).all()
+    for key in ("forces_uncertainty", "forces_epistemic_cov", "forces_aleatoric_cov"):
+        assert np.isfinite(calc.results[key]).all(), key
+    assert (calc.results["forces_uncertainty"] > 0).all()
 
 
 def digest(folder: Path) -> dict[str, str]:

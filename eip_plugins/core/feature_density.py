@@ -206,8 +206,10 @@ class FeatureDensity(nn.Module):
         input; the caps only act beyond r ~ 10^3, far outside anything a model has seen."""
         a = self.strength.to(distance_sq.dtype)
         p = self.power.to(distance_sq.dtype)
-        growth = a * torch.pow(distance_sq.clamp(max=MAX_DISTANCE_SQ), p)
-        return 1.0 / (1.0 + growth.clamp(max=MAX_EVIDENCE_DIVISOR))
+        # literals = MAX_DISTANCE_SQ, MAX_EVIDENCE_DIVISOR: TorchScript cannot read module-level
+        # floats, and saves float class constants of this size as ints it then refuses to load
+        growth = a * torch.pow(distance_sq.clamp(max=1.0e12), p)
+        return 1.0 / (1.0 + growth.clamp(max=1.0e12))
 
     @property
     def fitted(self) -> bool:

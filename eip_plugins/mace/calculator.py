@@ -35,7 +35,7 @@ def load_model(path: Union[str, Path], device: str = "cpu") -> torch.nn.Module:
     try:
         model = torch.load(str(path), map_location=device, weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a model file"
-        first = (str(err).splitlines() or [""])[0][:200]
+        first = next((ln for ln in str(err).splitlines() if ln.strip()), "")[:200]
         raise ValueError(
             f"{path} is not a MACE model file (torch.load failed: {type(err).__name__}: "
             f"{first}); {hint}"

@@ -83,7 +83,7 @@ def load_checkpoint(path) -> dict:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        first = (str(err).splitlines() or [""])[0][:200]
+        first = next((ln for ln in str(err).splitlines() if ln.strip()), "")[:200]
         raise AttachError(
             f"{path} is not a NequIP checkpoint (torch.load failed: {type(err).__name__}: {first})"
         ) from err

@@ -202,7 +202,7 @@ def _unreadable_as(path, what: str):
     except (ValueError, FileNotFoundError):
         raise
     except Exception as err:  # noqa: BLE001 - whatever torch/nequip raise on a foreign file
-        first = (str(err).splitlines() or [""])[0][:200]
+        first = next((ln for ln in str(err).splitlines() if ln.strip()), "")[:200]
         raise ValueError(
             f"{path} could not be loaded as {what} ({type(err).__name__}: {first}); "
             "a corrupt file, or a model of another framework?"

@@ -1,5 +1,6 @@
 """Every head compiles with TorchScript (MACE scripts its final model) and matches eager mode."""
 
+import io
 from typing import Dict
 
 import pytest
@@ -42,7 +43,11 @@ def test_head_scripts_and_matches_eager(kind, fitted):
     f = torch.randn(5, 3, dtype=torch.float64)
     batch = torch.tensor([0, 0, 1, 1, 1])
     species = torch.tensor([0, 1, 1, 0, 1])
-    eager, compiled = wrapper(x, f, batch, species), scripted(x, f, batch, species)
+    saved = io.BytesIO()  # saved and loaded back, as MACE's *_compiled.model is
+    torch.jit.save(scripted, saved)
+    saved.seek(0)
+    loaded = torch.jit.load(saved)
+    eager, compiled = wrapper(x, f, batch, species), loaded(x, f, batch, species)
     assert bool((eager["forces_feature_distance"] > 0).all()) == fitted
     assert set(eager) == set(compiled)
     for key in eager:

@@ -7,11 +7,14 @@ import shutil
 
 import pytest
 from bad_inputs import (
+    DATA_FILES,
     bad_structures,
     cases_for,
     check_case,
+    check_finite_results,
     make_workspace,
     truncate_copy,
+    unusual_valid_structures,
 )
 from mace_helpers import BIN, COMMON_ARGS, DATA, MODEL_ARGS, REPO, cli_env
 
@@ -43,15 +46,6 @@ MODEL_FILES = {
     "plain-model": "plain.model",
     "head-model": "head.model",
     "compiled-model": "compiled.model",
-}
-DATA_FILES = {
-    "missing-data": "missing.xyz",
-    "empty-data": "empty.xyz",
-    "corrupt-data": "garbage.xyz",
-    "nan-positions": "nan_positions.xyz",
-    "nan-forces": "nan_forces.xyz",
-    "missing-forces": "missing_forces.xyz",
-    "unknown-element": "unknown_element.xyz",
 }
 
 
@@ -144,3 +138,11 @@ RUNNERS = {
 def test_bad_input_gives_one_line_and_changes_nothing(case, workspace):
     made = RUNNERS[case.entry_point](case, workspace)
     check_case(case, made, workspace["folder"], cli_env(OMP_NUM_THREADS="1"))
+
+
+@pytest.mark.parametrize("name", list(unusual_valid_structures()))
+def test_unusual_but_valid_structures_evaluate_to_finite_values(name):
+    from eip_plugins.mace import MACEUQCalculator
+
+    calc = MACEUQCalculator(model_paths=str(SHIPPED_MODEL))
+    check_finite_results(calc, unusual_valid_structures()[name])

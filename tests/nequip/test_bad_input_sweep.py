@@ -7,13 +7,16 @@ import shutil
 
 import pytest
 from bad_inputs import (
+    DATA_FILES,
     bad_structures,
     cases_for,
     check_case,
+    check_finite_results,
     make_workspace,
     truncate_copy,
+    unusual_valid_structures,
 )
-from nequip_helpers import BIN, DATA, cli_env
+from nequip_helpers import BIN, DATA, REPO, cli_env
 
 CASES = cases_for("nequip")
 
@@ -26,6 +29,7 @@ def workspace(tmp_path_factory, runs) -> dict:
     shutil.copy(runs.trained("e2ip") / "best.ckpt", folder / "head.ckpt")
     shutil.copy(runs.compiled("e2ip"), folder / "model.nequip.pt2")
     truncate_copy(folder / "head.ckpt", folder / "truncated.ckpt")
+    shutil.copy(REPO / "examples" / "models" / "ethanol_e2ip.model", folder / "mace.model")
     (folder / "empty.nequip.pt2").write_bytes(b"")
     (folder / "garbage.nequip.pt2").write_text("garbage\n")
     (folder / "existing_output.ckpt").write_text("a checkpoint of the user's: must survive")
@@ -37,18 +41,9 @@ MODEL_FILES = {
     "empty-model": "empty.ckpt",
     "corrupt-model": "garbage.ckpt",
     "truncated-model": "truncated.ckpt",
-    "foreign-model": "dict.ckpt",
+    "foreign-model": "mace.model",  # the shipped MACE model: another framework's file
     "head-model": "head.ckpt",
     "compiled-model": "model.nequip.pt2",
-}
-DATA_FILES = {
-    "missing-data": "missing.xyz",
-    "empty-data": "empty.xyz",
-    "corrupt-data": "garbage.xyz",
-    "nan-positions": "nan_positions.xyz",
-    "nan-forces": "nan_forces.xyz",
-    "missing-forces": "missing_forces.xyz",
-    "unknown-element": "unknown_element.xyz",
 }
 
 
@@ -110,3 +105,11 @@ RUNNERS = {
 def test_bad_input_gives_one_line_and_changes_nothing(case, workspace):
     made = RUNNERS[case.entry_point](case, workspace)
     check_case(case, made, workspace["folder"], cli_env())
+
+
+@pytest.mark.parametrize("name", list(unusual_valid_structures()))
+def test_unusual_but_valid_structures_evaluate_to_finite_values(name, workspace):
+    from eip_plugins.nequip import NequIPUQCalculator
+
+    calc = NequIPUQCalculator.from_saved_model(str(workspace["folder"] / "head.ckpt"))
+    check_finite_results(calc, unusual_valid_structures()[name])
