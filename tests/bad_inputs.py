@@ -384,17 +384,45 @@ def digest(folder: Path) -> dict[str, str]:
     }
 
 
+@dataclass(frozen=True)
+class InProcessCLI:
+    """A console script's ``main(argv) -> exit status``, run in this process (no interpreter
+    start-up: the sweep's many CLI cases would otherwise cost minutes of imports); what it
+    prints and returns is what the console script prints and returns."""
+
+    main: object
+    argv: tuple
+
+    def run(self, folder: Path):
+        import contextlib
+        import io
+        import os
+        from types import SimpleNamespace
+
+        out, err, cwd = io.StringIO(), io.StringIO(), os.getcwd()
+        os.chdir(folder)
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                code = self.main([str(a) for a in self.argv])
+        finally:
+            os.chdir(cwd)
+        return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
 def check_case(case: Case, made, folder: Path, env: dict) -> None:
     """Run one case and check it: ``made`` is a callable (the Python API: it must raise a
-    one-line ValueError / FileNotFoundError matching ``case.match``) or a command line (run in
-    ``folder`` with ``env``: :func:`check_cli_failure`); no file of ``folder`` may change."""
+    one-line ValueError / FileNotFoundError matching ``case.match``), an :class:`InProcessCLI`
+    or a command line (run in ``folder`` with ``env``); a CLI must pass
+    :func:`check_cli_failure`. No file of ``folder`` may change."""
     import re
     import subprocess
 
     import pytest
 
     before = digest(folder)
-    if callable(made):
+    if isinstance(made, InProcessCLI):
+        check_cli_failure(made.run(folder), case.match)
+    elif callable(made):
         with pytest.raises((ValueError, FileNotFoundError)) as info:
             made()
         message = str(info.value)

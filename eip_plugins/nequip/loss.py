@@ -1,6 +1,6 @@
 """``training_module.loss``: evidential force term + weighted energy MAE (SPEC §1).
 
-Usage (``configs/config_with_eip.yaml``)::
+Usage (``eip_plugins/nequip/configs/config_with_eip.yaml``)::
 
     loss:
       _target_: eip_plugins.nequip.EvidentialLoss

@@ -8,6 +8,7 @@ import shutil
 import pytest
 from bad_inputs import (
     DATA_FILES,
+    InProcessCLI,
     bad_structures,
     cases_for,
     check_case,
@@ -88,6 +89,17 @@ def _run_train(case, ws):
     ]
 
 
+def _mains() -> dict:
+    from eip_plugins.active_learning.cli import main as eip_al
+    from eip_plugins.attach.cli import main as eip_attach
+    from eip_plugins.calibration.cli import main as eip_calibrate
+
+    return {"eip-attach": eip_attach, "eip-calibrate": eip_calibrate, "eip-al": eip_al}
+
+
+MAINS = _mains()
+
+
 def _head_tool(tool):
     def command(case, ws):
         default_model = "plain.model" if tool == "eip-attach" else "head.model"
@@ -95,15 +107,15 @@ def _head_tool(tool):
         output = "existing_output.model"
         if case.bad_input == "output-is-input":
             model = output = "head.model"
-        cmd = [BIN / tool, "mace", "--model", model, "--output", output,
+        argv = ["mace", "--model", model, "--output", output,
                "--train_file", DATA_FILES.get(case.bad_input, "good.xyz"),
                "--valid_file", "valid.xyz"]  # fmt: skip
         if tool == "eip-attach":
-            cmd += ["--max_epochs", "1"]
+            argv += ["--max_epochs", "1"]
         if case.bad_input == "out-of-range":
-            cmd += ["--head", "eip", "--eip_quantile", "1.5"] if tool == "eip-attach" else [
+            argv += ["--head", "eip", "--eip_quantile", "1.5"] if tool == "eip-attach" else [
                 "--density_power", "0.5"]  # fmt: skip
-        return cmd
+        return InProcessCLI(MAINS[tool], tuple(argv))
 
     return command
 
@@ -119,9 +131,10 @@ def _eip_al(case, ws):
         "bad-start": "good.xyz@99",
     }.get(case.bad_input, "good.xyz@0")
     extra = ["--threshold", "nan"] if case.bad_input == "out-of-range" else []
-    return [BIN / "eip-al", "--framework", "mace", "--model", model, "--train_file", train,
-            "--start", start, "--workdir", f"al_{case.bad_input}", "--steps", "4", "--train_command", "true",
+    argv = ["--framework", "mace", "--model", model, "--train_file", train, "--start", start,
+            "--workdir", f"al_{case.bad_input}", "--steps", "4", "--train_command", "true",
             "--model_path", "x", *extra]  # fmt: skip
+    return InProcessCLI(MAINS["eip-al"], tuple(argv))
 
 
 RUNNERS = {

@@ -8,6 +8,7 @@ import shutil
 import pytest
 from bad_inputs import (
     DATA_FILES,
+    InProcessCLI,
     bad_structures,
     cases_for,
     check_case,
@@ -16,7 +17,7 @@ from bad_inputs import (
     truncate_copy,
     unusual_valid_structures,
 )
-from nequip_helpers import BIN, DATA, REPO, cli_env
+from nequip_helpers import DATA, REPO, cli_env
 
 CASES = cases_for("nequip")
 
@@ -72,23 +73,34 @@ def _calculator(compiled: bool):
     return make
 
 
+def _mains() -> dict:
+    from eip_plugins.active_learning.cli import main as eip_al
+    from eip_plugins.attach.cli import main as eip_attach
+    from eip_plugins.calibration.cli import main as eip_calibrate
+
+    return {"eip-attach": eip_attach, "eip-calibrate": eip_calibrate, "eip-al": eip_al}
+
+
+MAINS = _mains()
+
+
 def _head_tool(tool):
     def command(case, ws):
         model = MODEL_FILES.get(case.bad_input, "head.ckpt")
         output = "existing_output.ckpt"
         if case.bad_input == "output-is-input":
             model = output = "head.ckpt"
-        cmd = [BIN / tool, "nequip", "--model", model, "--output", output,
+        argv = ["nequip", "--model", model, "--output", output,
                "--train_file", DATA_FILES.get(case.bad_input, "good.xyz"),
                "--valid_file", "valid.xyz"]  # fmt: skip
         if tool == "eip-attach":
-            cmd += ["--max_epochs", "1"]
+            argv += ["--max_epochs", "1"]
             if case.bad_input not in ("head-model",):
-                cmd += ["--replace"]  # head.ckpt is the backbone; its head is replaced
+                argv += ["--replace"]  # head.ckpt is the backbone; its head is replaced
         if case.bad_input == "out-of-range":
-            cmd += ["--head", "eip", "--eip_quantile", "1.5"] if tool == "eip-attach" else [
+            argv += ["--head", "eip", "--eip_quantile", "1.5"] if tool == "eip-attach" else [
                 "--density_strength", "-1"]  # fmt: skip
-        return cmd
+        return InProcessCLI(MAINS[tool], tuple(argv))
 
     return command
 
