@@ -7,6 +7,12 @@ import zipfile
 from pathlib import Path
 
 
+def error_summary(err: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message, at most ``limit`` characters (torch's
+    loaders put paragraphs into their messages; one line is what the user sees)."""
+    return next((line for line in str(err).splitlines() if line.strip()), "")[:limit]
+
+
 def check_model_archive(path, what: str) -> Path:
     """Raise FileNotFoundError / ValueError naming ``path`` unless it is an existing zip archive
     (``torch.save`` files, TorchScript, nequip-package and AOTInductor files all are).

@@ -11,6 +11,8 @@ import ase.data
 import ase.io
 import numpy as np
 
+from ..model_files import error_summary
+
 
 class AttachError(ValueError):
     """Bad input to ``eip-attach`` (the message names the file, key or element)."""
@@ -27,7 +29,7 @@ def read_structures(path) -> list:
     try:
         frames = ase.io.read(path, ":")
     except Exception as err:  # noqa: BLE001 - any parse error: one line naming the file
-        reason = str(err).splitlines()[0] if str(err) else ""
+        reason = error_summary(err)
         raise AttachError(
             f"data file {path} cannot be read by ase.io ({type(err).__name__}: {reason}); "
             "give an extxyz file (or another format ase.io.read knows)"

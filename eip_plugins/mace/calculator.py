@@ -16,7 +16,7 @@ import torch
 
 from ..ase_calculator import UncertaintyCalculator
 from ..core import keys
-from ..model_files import check_model_archive
+from ..model_files import check_model_archive, error_summary
 from .heads import select_mace_head
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -35,7 +35,7 @@ def load_model(path: Union[str, Path], device: str = "cpu") -> torch.nn.Module:
     try:
         model = torch.load(str(path), map_location=device, weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a model file"
-        first = next((ln for ln in str(err).splitlines() if ln.strip()), "")[:200]
+        first = error_summary(err)
         raise ValueError(
             f"{path} is not a MACE model file (torch.load failed: {type(err).__name__}: "
             f"{first}); {hint}"

@@ -41,7 +41,7 @@ from ..attach import (
 from ..attach.verify import require_identical_predictions
 from ..calibration import CalibrationSettings
 from ..core.config import HeadConfig
-from ..model_files import check_model_archive
+from ..model_files import check_model_archive, error_summary
 from . import _fields
 from .features import extract_features, frames_to_batches
 
@@ -83,7 +83,7 @@ def load_checkpoint(path) -> dict:
     try:
         ck = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as err:  # noqa: BLE001 - any unpickling failure means "not a checkpoint"
-        first = next((ln for ln in str(err).splitlines() if ln.strip()), "")[:200]
+        first = error_summary(err)
         raise AttachError(
             f"{path} is not a NequIP checkpoint (torch.load failed: {type(err).__name__}: {first})"
         ) from err

@@ -25,7 +25,7 @@ from nequip.nn import ForceStressOutput
 
 from eip_plugins.ase_calculator import UncertaintyCalculator
 from eip_plugins.core import HEAD_KINDS, keys
-from eip_plugins.model_files import check_model_archive
+from eip_plugins.model_files import check_model_archive, error_summary
 
 from . import _fields
 from .compile_targets import ASE_UQ_TARGET
@@ -202,7 +202,7 @@ def _unreadable_as(path, what: str):
     except (ValueError, FileNotFoundError):
         raise
     except Exception as err:  # noqa: BLE001 - whatever torch/nequip raise on a foreign file
-        first = next((ln for ln in str(err).splitlines() if ln.strip()), "")[:200]
+        first = error_summary(err)
         raise ValueError(
             f"{path} could not be loaded as {what} ({type(err).__name__}: {first}); "
             "a corrupt file, or a model of another framework?"
