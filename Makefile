@@ -38,13 +38,19 @@ lint: venv-mace
 # Core tests run in both environments (e3nn 0.4.4 and 0.6); each framework suite runs in its own;
 # tests/docs runs the README blocks marked for each environment.
 # A framework suite that collects no test, or whose framework does not import, fails.
+# The test processes are single-threaded (their trainings already run two at a time): `make test`
+# runs the two suites side by side, and each suite's output is printed whole when it ends.
+TEST_THREADS ?= 1
+
 test-mace: venv-mace
-	$(VENV_MACE)/bin/python -m pytest -p no:cacheprovider tests/core tests/mace tests/docs $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TEST_THREADS) $(VENV_MACE)/bin/python -m pytest -p no:cacheprovider tests/core tests/mace tests/docs $(PYTEST_ARGS)
 
 test-nequip: venv-nequip
-	$(VENV_NEQUIP)/bin/python -m pytest -p no:cacheprovider tests/core tests/nequip tests/docs $(PYTEST_ARGS)
+	OMP_NUM_THREADS=$(TEST_THREADS) $(VENV_NEQUIP)/bin/python -m pytest -p no:cacheprovider tests/core tests/nequip tests/docs $(PYTEST_ARGS)
 
-test: lint test-mace test-nequip
+test: lint
+	@echo "running the MACE and NequIP suites side by side; each prints its results when it ends"
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-mace test-nequip
 
 demo: venv-mace
 	$(VENV_MACE)/bin/python -m examples.demo
