@@ -7,6 +7,14 @@ from dataclasses import asdict, dataclass, field
 
 HEAD_KINDS = ("eip", "e2ip", "mve")
 
+# What trains the backbone's forces when a head is trained with it:
+# - "detached": the framework's own energy/force loss (MACE's --loss, NequIP's EnergyForceLoss)
+#   trains the backbone exactly as without a head; the head's evidential loss is evaluated on
+#   detached forces and node features, so it trains the head only.
+# - "nll": the papers' recipe; the head's evidential NLL (+ regulariser) is the force loss and
+#   trains the backbone's forces too (its mean is the backbone's force).
+FORCE_OBJECTIVES = ("detached", "nll")
+
 # Default weight of the evidence regulariser per head kind. eIP's reference code uses 1; the NIW
 # regulariser |y - mu0| (2 kappa + nu_w) is an order of magnitude larger at initialisation, so e2ip
 # starts lower. mve has no evidential prior and therefore no regulariser.
@@ -33,6 +41,8 @@ class HeadConfig:
         learn_psi0: whether psi0 is trained (as log psi0) or a fixed buffer.
         max_log_scale: bound of |s| (isotropic log scale) and of |T|_F (anisotropic log scale); keeps
             exp(S) finite for any input. The condition number of Psi is at most exp(2 max_log_scale).
+        force_objective: ``"detached"`` or ``"nll"`` (see :data:`FORCE_OBJECTIVES`). With
+            ``"detached"`` the head, while training, reads detached forces and node features.
     """
 
     kind: str = "e2ip"
@@ -45,11 +55,17 @@ class HeadConfig:
     psi0: float = 1.0
     learn_psi0: bool = True
     max_log_scale: float = 10.0
+    force_objective: str = "detached"
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.kind not in HEAD_KINDS:
             raise ValueError(f"head kind must be one of {HEAD_KINDS}, got kind={self.kind!r}")
+        if self.force_objective not in FORCE_OBJECTIVES:
+            raise ValueError(
+                f"invalid force_objective={self.force_objective!r}: choose one of "
+                f"{FORCE_OBJECTIVES}"
+            )
         if self.lam is None:
             self.lam = DEFAULT_LAMBDA[self.kind]
         _check(

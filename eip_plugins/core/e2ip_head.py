@@ -36,7 +36,7 @@ class EquivariantEvidentialHead(HeadBase):
     kind: str = "e2ip"
 
     def __init__(self, irreps_in, config: HeadConfig, num_species: int = 1):
-        super().__init__(irreps_in, num_species)
+        super().__init__(irreps_in, num_species, config.force_objective == "detached")
         self.covariance = EquivariantCovarianceHead(
             irreps_in,
             hidden=config.hidden,
@@ -59,6 +59,7 @@ class EquivariantEvidentialHead(HeadBase):
         self, node_feats: Tensor, forces: Tensor, species: Optional[Tensor] = None
     ) -> Tuple[NIWParams, Tensor]:
         """The parameters and the squared feature distance d^2 (N,) they were built with."""
+        node_feats, forces = self.backbone_inputs(node_feats, forces)
         distance_sq = self.feature_distance_sq(node_feats, species)
         scalars, psi, psi_inv, log_det = self.covariance(node_feats)
         kappa = positive(scalars[:, 0], self.kappa_floor)

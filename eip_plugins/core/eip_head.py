@@ -50,7 +50,7 @@ class ComponentwiseEvidentialHead(HeadBase):
     kind: str = "eip"
 
     def __init__(self, irreps_in, config: HeadConfig, num_species: int = 1):
-        super().__init__(irreps_in, num_species)
+        super().__init__(irreps_in, num_species, config.force_objective == "detached")
         self.irreps_in = str(o3.Irreps(irreps_in))
         self.feature_dim = o3.Irreps(irreps_in).dim
         self.register_buffer("vector_index", vector_channel_index(irreps_in), persistent=False)
@@ -71,6 +71,7 @@ class ComponentwiseEvidentialHead(HeadBase):
         self, node_feats: Tensor, forces: Tensor, species: Optional[Tensor] = None
     ) -> Tuple[NIGParams, Tensor]:
         """The parameters and the squared feature distance d^2 (N,) they were built with."""
+        node_feats, forces = self.backbone_inputs(node_feats, forces)
         check_feature_dim(node_feats, self.feature_dim)
         distance_sq = self.feature_distance_sq(node_feats, species)
         n = node_feats.shape[0]

@@ -3,7 +3,7 @@ of its input features, their per-element density (distance to the training atoms
 recalibration scale.
 """
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -21,13 +21,32 @@ class HeadBase(nn.Module):
         irreps_in: irreps of the backbone node features the head reads.
         num_species: number of species (elements / model types) of the per-element statistics.
 
+        detach_backbone: while training (``self.training``), read detached node features and
+            forces, so that the head's loss sends no gradient into the backbone (the
+            ``"detached"`` force objective). In evaluation the inputs keep their graph: sigma
+            stays differentiable with respect to positions (UDD bias forces).
+
     Submodules: ``invariants`` (:class:`InvariantFeatures`, D descriptors per atom), ``density``
     (:class:`FeatureDensity`), ``variance_scale`` (:class:`VarianceScale`).
     """
 
-    def __init__(self, irreps_in, num_species: int = 1):
+    detach_backbone: bool
+
+    def __init__(self, irreps_in, num_species: int = 1, detach_backbone: bool = False):
         super().__init__()
+        self.detach_backbone = bool(detach_backbone)
         self.init_density(irreps_in, num_species)
+
+    def __setstate__(self, state) -> None:
+        # heads pickled before the force objective existed trained the backbone through the NLL
+        state.setdefault("detach_backbone", False)
+        super().__setstate__(state)
+
+    def backbone_inputs(self, node_feats: Tensor, forces: Tensor) -> Tuple[Tensor, Tensor]:
+        """``(node_feats, forces)``, detached while training with ``detach_backbone``."""
+        if self.training and self.detach_backbone:
+            return node_feats.detach(), forces.detach()
+        return node_feats, forces
 
     def init_density(self, irreps_in, num_species: int) -> None:
         """(Re)create the density and recalibration modules with empty statistics and c = 1."""

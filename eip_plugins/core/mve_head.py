@@ -29,7 +29,7 @@ class EquivariantGaussianHead(HeadBase):
     kind: str = "mve"
 
     def __init__(self, irreps_in, config: HeadConfig, num_species: int = 1):
-        super().__init__(irreps_in, num_species)
+        super().__init__(irreps_in, num_species, config.force_objective == "detached")
         self.covariance = EquivariantCovarianceHead(
             irreps_in,
             hidden=config.hidden,
@@ -49,6 +49,7 @@ class EquivariantGaussianHead(HeadBase):
         self, node_feats: Tensor, forces: Tensor, species: Optional[Tensor] = None
     ) -> Tuple[GaussianParams, Tensor]:
         """The parameters and the squared feature distance d^2 (N,)."""
+        node_feats, forces = self.backbone_inputs(node_feats, forces)
         distance_sq = self.feature_distance_sq(node_feats, species)
         _, cov, cov_inv, log_det = self.covariance(node_feats)
         params = GaussianParams(forces, cov, cov_inv, log_det)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 
 from ..calibration import RECALIBRATION_CHOICES, CalibrationSettings
-from ..core.config import DEFAULT_LAMBDA, HEAD_KINDS, HeadConfig
+from ..core.config import DEFAULT_LAMBDA, FORCE_OBJECTIVES, HEAD_KINDS, HeadConfig
 from ..core.feature_density import DEFAULT_POWER, DEFAULT_STRENGTH
 
 HEAD_CHOICES = ("none", *HEAD_KINDS)
@@ -50,16 +50,28 @@ def add_head_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help="quantile q in (0, 1) of the eIP Bayesian quantile regression (--head=eip)",
     )
     group.add_argument(
+        "--eip_force_objective",
+        choices=FORCE_OBJECTIVES,
+        default=_DEFAULTS.force_objective,
+        help="detached: MACE's own loss (--loss, --energy_weight, --forces_weight, ...) trains the "
+        "model as without a head, and the head's evidential loss (NLL + lambda Reg), evaluated on "
+        "detached forces and node features, trains the head only; nll: the papers' recipe, the "
+        "evidential NLL is the force loss of the whole model (loss = force NLL + lambda Reg + "
+        "w |E - E_ref|, w = --eip_energy_weight)",
+    )
+    group.add_argument(
         "--eip_energy_weight",
         type=float,
         default=_DEFAULTS.energy_weight,
-        help="weight w of the energy MAE term: loss = force NLL + lambda Reg + w |E - E_ref|",
+        help="weight w of the energy MAE term with --eip_force_objective=nll: "
+        "loss = force NLL + lambda Reg + w |E - E_ref|",
     )
     group.add_argument(
         "--eip_swa_energy_weight",
         type=float,
         default=None,
-        help="energy weight w during stage two (--swa); default: --eip_energy_weight",
+        help="energy weight w during stage two (--swa) with --eip_force_objective=nll; "
+        "default: --eip_energy_weight",
     )
     group.add_argument(
         "--eip_per_atom_energy",
@@ -174,6 +186,7 @@ def head_config_from_args(args, energy_weight: float | None = None) -> HeadConfi
         hidden=args.eip_hidden,
         nu_w_floor=args.eip_nu_w_floor,
         max_log_scale=args.eip_max_log_scale,
+        force_objective=getattr(args, "eip_force_objective", _DEFAULTS.force_objective),
     )
     if args.eip_psi0 is not None:
         kwargs["psi0"] = args.eip_psi0

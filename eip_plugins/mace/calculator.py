@@ -101,7 +101,9 @@ class MACEUQCalculator(UncertaintyCalculator):
         super().__init__(udd=udd, **kwargs)
         self.device = torch.device(device)
         self.dtype = _DTYPES[default_dtype]
-        self.model = model.to(device=self.device, dtype=self.dtype)
+        # evaluation mode: a head trained with the detached objective reads detached inputs in
+        # training mode, and UDD needs sigma's gradient with respect to positions
+        self.model = model.to(device=self.device, dtype=self.dtype).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
         self.model_path = str(model_paths)

@@ -4,12 +4,20 @@ Patch point: ``get_loss_fn`` (as imported by ``mace.cli.run_train``) returns an
 :class:`EvidentialLoss` when ``--head`` is set; ``get_swa`` gets one for stage two. The loss is
 created before the model, so the model wrapper attaches its head afterwards (:meth:`attach`).
 
-loss = mean_i w_i * L_i(head(node_feats, F_pred, species)_i, F_ref_i)
-       + w_E * mean_g w_g * |E_pred_g - E_ref_g| (/ N_g with ``--eip_per_atom_energy``)
+Two force objectives (``--eip_force_objective``):
+
+- ``detached`` (default): loss = MACE's own loss (whatever ``--loss`` and its weights build, the
+  same module MACE trains a plain model with) + mean_i w_i L_i, where the head reads detached
+  node features and forces while training; the evidential term trains the head only, MACE's
+  loss the model.
+- ``nll`` (the papers' recipe):
+
+  loss = mean_i w_i * L_i(head(node_feats, F_pred, species)_i, F_ref_i)
+         + w_E * mean_g w_g * |E_pred_g - E_ref_g| (/ N_g with ``--eip_per_atom_energy``)
 
 with L_i the head's per-atom force loss (NLL + lambda Reg, SPEC §1) and w_i, w_g MACE's per-config
 weights (``weight * forces_weight`` / ``weight * energy_weight``; 1 for ordinary data, 0 for
-configurations without that label). With unit weights this is exactly
+configurations without that label). With unit weights the ``nll`` loss is exactly
 :func:`eip_plugins.core.objective.evidential_total_loss`.
 
 During MACE's ``evaluate`` the loss can record, per atom, sigma_i, |F_pred - F_ref| and the NLL of
@@ -35,12 +43,20 @@ class EvidentialLoss(nn.Module):
     """MACE-style loss module for an evidential head.
 
     Args:
-        config: supplies ``energy_weight`` and ``per_atom_energy``.
+        config: supplies ``force_objective``, ``energy_weight`` and ``per_atom_energy``.
+        mean_loss: MACE's own loss module (``loss_fn(pred=..., ref=...) -> scalar``); required
+            with the ``detached`` objective, which adds it to the head's evidential term.
     """
 
-    def __init__(self, config: HeadConfig):
+    def __init__(self, config: HeadConfig, mean_loss: Optional[nn.Module] = None):
         super().__init__()
+        if (config.force_objective == "detached") != (mean_loss is not None):
+            raise ValueError(
+                f"force_objective={config.force_objective!r}: a MACE loss for the forces is "
+                "needed with 'detached' and not used with 'nll'"
+            )
         self.config = config
+        self.mean_loss = mean_loss
         # what is fitted after training (set from --eip_density_statistics / --eip_recalibrate)
         self.calibration = CalibrationSettings()
         self._head: Optional[nn.Module] = None  # not a submodule: it belongs to the model
@@ -63,14 +79,15 @@ class EvidentialLoss(nn.Module):
         params = head(pred["node_feats"], pred["forces"], torch.argmax(ref["node_attrs"], dim=-1))
         atom_weight = (ref["weight"] * ref["forces_weight"])[batch]
         force_term = (atom_weight * head.force_loss(params, forces_ref)).mean()
+        if self._records is not None:
+            self._record(head, params, pred["forces"], forces_ref, atom_weight > 0)
+        if self.mean_loss is not None:  # detached: MACE's loss trains the model, NLL the head
+            return self.mean_loss(pred=pred, ref=ref) + force_term
 
         energy_err = (pred["energy"] - ref["energy"]).abs()
         if self.config.per_atom_energy:
             energy_err = energy_err / (ref["ptr"][1:] - ref["ptr"][:-1]).to(energy_err.dtype)
         energy_term = (ref["weight"] * ref["energy_weight"] * energy_err).mean()
-
-        if self._records is not None:
-            self._record(head, params, pred["forces"], forces_ref, atom_weight > 0)
         return force_term + self.config.energy_weight * energy_term
 
     @contextmanager
@@ -94,7 +111,13 @@ class EvidentialLoss(nn.Module):
 
     def __repr__(self) -> str:
         c = self.config
+        if self.mean_loss is not None:
+            return (
+                f"EvidentialLoss(head={c.kind}, lambda={c.lam}, quantile={c.quantile}, "
+                f"force_objective=detached, model loss={self.mean_loss!r})"
+            )
         return (
             f"EvidentialLoss(head={c.kind}, lambda={c.lam}, quantile={c.quantile}, "
-            f"energy_weight={c.energy_weight}, per_atom_energy={c.per_atom_energy})"
+            f"force_objective=nll, energy_weight={c.energy_weight}, "
+            f"per_atom_energy={c.per_atom_energy})"
         )

@@ -180,13 +180,23 @@ def _wrap_get_loss_fn(get_loss_fn):
             return get_loss_fn(args, *rest, **kwargs)
         from .arguments import calibration_settings_from_args
 
-        loss = EvidentialLoss(head_config_from_args(args))
+        config = head_config_from_args(args)
+        if config.force_objective == "detached":
+            loss = EvidentialLoss(config, mean_loss=get_loss_fn(args, *rest, **kwargs))
+            logging.info(
+                f"--head={args.head}: MACE's loss (--loss={args.loss}) trains the model, the "
+                f"evidential loss the head (--eip_force_objective=detached; --eip_energy_weight "
+                f"is not used); the loss is {loss}"
+            )
+        else:
+            loss = EvidentialLoss(config)
+            logging.info(
+                f"--head={args.head} --eip_force_objective=nll: MACE's --loss={args.loss}, "
+                f"--energy_weight={args.energy_weight} and --forces_weight={args.forces_weight} "
+                f"are not used; the loss is {loss}"
+            )
         loss.calibration = calibration_settings_from_args(args)
         _state(args)["loss"] = loss
-        logging.info(
-            f"--head={args.head}: MACE's --loss={args.loss}, --energy_weight={args.energy_weight} "
-            f"and --forces_weight={args.forces_weight} are not used; the loss is {loss}"
-        )
         return loss
 
     return _wrapped(get_loss_fn, get_evidential_loss_fn)
@@ -273,7 +283,8 @@ def _wrap_get_swa(get_swa):
         if head_enabled(args) and swa is not None:
             weight = args.eip_swa_energy_weight
             config = head_config_from_args(args, energy_weight=weight)
-            swa.loss_fn = EvidentialLoss(config).attach(model.head)
+            mace_loss = swa.loss_fn if config.force_objective == "detached" else None
+            swa.loss_fn = EvidentialLoss(config, mean_loss=mace_loss).attach(model.head)
             logging.info(f"Stage Two evidential loss: {swa.loss_fn}")
         return swa, swas
 

@@ -1,18 +1,29 @@
-"""``training_module.loss``: evidential force term + weighted energy MAE (SPEC §1).
+"""``training_module.loss``: the head's evidential force term with NequIP's energy/force loss, or
+evidential force term + weighted energy MAE (SPEC §1).
 
 Usage (``eip_plugins/nequip/configs/config_with_eip.yaml``)::
 
     loss:
       _target_: eip_plugins.nequip.EvidentialLoss
       head: ${head}                    # must match the model's head
-      head_options: ${head_options}    # quantile and lam are read from here
-      energy_weight: 0.1
-      per_atom_energy: false
+      head_options: ${head_options}    # quantile, lam and force_objective are read from here
+      energy_force_loss:               # force_objective: detached (NequIP's EnergyForceLoss)
+        per_atom_energy: true
+        coeffs: {total_energy: 1.0, forces: 1.0}
+      energy_weight: 0.1               # force_objective: nll
+      per_atom_energy: false           # force_objective: nll
 
 The model's output dict carries the head parameters (``e2ip_kappa`` ... see ``_fields``), so the
 loss rebuilds the core parameter tuple from it and evaluates the core per-atom force loss.
-The ``weighted_sum`` NequIP minimises is exactly ``mean_atoms(force loss) + w |E_pred - E_ref|``
-(one entry with ``coeff: 1``); its two parts are logged without coefficients.
+
+- ``force_objective: detached`` (default): the terms of NequIP's own ``EnergyForceLoss`` (energy
+  and force MSE, ``energy_force_loss`` are its arguments) train the model as without a head; the
+  evidential term ``evidential_force_loss`` (coeff 1) trains the head only, which reads detached
+  forces and features while training. NequIP normalises the coefficients to sum 1; as the two
+  parts train disjoint parameters, that only rescales each part's gradient.
+- ``force_objective: nll`` (the papers' recipe): the ``weighted_sum`` NequIP minimises is exactly
+  ``mean_atoms(force loss) + w |E_pred - E_ref|`` (one entry with ``coeff: 1``); its two parts are
+  logged without coefficients.
 """
 
 from typing import Any, Dict, List, Optional, Union
@@ -130,8 +141,11 @@ class _HeadLossMean(_MeanX):
         self.config = config
 
     def _force_loss(self, preds: AtomicDataDict.Type, target: AtomicDataDict.Type) -> Tensor:
-        """The head's per-atom force loss (N,) for one batch."""
+        """The head's per-atom force loss (N,) for one batch (on the detached mean force with the
+        ``detached`` objective, so that it trains the head only)."""
         params = params_from_output(preds, self.config.kind)
+        if self.config.force_objective == "detached":
+            params = type(params)(params[0].detach(), *params[1:])
         forces_ref = reference_forces(target).to(params[0].dtype)
         return per_atom_force_loss(params, forces_ref, self.config)
 
@@ -167,20 +181,27 @@ def EvidentialLoss(
     per_atom_energy: bool = False,
     type_names: Optional[List[str]] = None,
     extra_metrics: Optional[List[Dict[str, Any]]] = None,
+    energy_force_loss: Optional[Dict[str, Any]] = None,
 ) -> MetricsManager:
     """``MetricsManager`` for ``training_module.loss``.
 
     Args:
         head: head kind (must match the model's) or a dict of ``HeadConfig`` fields.
-        head_options: ``HeadConfig`` fields; the loss uses ``quantile`` (eip) and ``lam``.
-        energy_weight: w of the energy MAE term (eV, or eV/atom with ``per_atom_energy``).
-        per_atom_energy: use |E_pred - E_ref| / N_atoms.
-        type_names: passed by NequIP (unused).
+        head_options: ``HeadConfig`` fields; the loss uses ``quantile`` (eip), ``lam`` and
+            ``force_objective``.
+        energy_weight: w of the energy MAE term (eV, or eV/atom with ``per_atom_energy``);
+            ``nll`` objective only.
+        per_atom_energy: use |E_pred - E_ref| / N_atoms; ``nll`` objective only.
+        type_names: passed by NequIP.
         extra_metrics: further ``MetricsManager`` entries (logged; give them ``coeff`` to add
             them to the minimised sum, which NequIP then renormalises).
+        energy_force_loss: keyword arguments of ``nequip.train.EnergyForceLoss`` (``coeffs``,
+            ``per_atom_energy``, ``per_type_forces_coeffs``); ``detached`` objective only,
+            default NequIP's (per-atom energy and force MSE, coefficients 1).
 
-    Logged names: ``evidential_loss`` (minimised), ``evidential_force_loss``,
-    ``total_energy_mae`` / ``per_atom_energy_mae``.
+    Logged names: ``detached``: ``per_atom_energy_mse``, ``forces_mse`` (NequIP's) and
+    ``evidential_force_loss``; ``nll``: ``evidential_loss`` (minimised),
+    ``evidential_force_loss``, ``total_energy_mae`` / ``per_atom_energy_mae``.
     """
     from .model import head_config
 
@@ -188,6 +209,8 @@ def EvidentialLoss(
     config.energy_weight = float(energy_weight)
     config.per_atom_energy = bool(per_atom_energy)
     config = HeadConfig(**config.to_dict())  # re-validate the loss-only fields
+    if config.force_objective == "detached":
+        return _detached_loss(config, energy_force_loss, type_names, extra_metrics)
     energy_name = "per_atom_energy_mae" if per_atom_energy else "total_energy_mae"
     energy_field = (
         PerAtomModifier(AtomicDataDict.TOTAL_ENERGY_KEY)
@@ -198,5 +221,48 @@ def EvidentialLoss(
         {"name": "evidential_loss", "coeff": 1.0, "metric": EvidentialTotalLoss(config)},
         {"name": "evidential_force_loss", "metric": EvidentialForceLoss(config)},
         {"name": energy_name, "field": energy_field, "metric": MeanAbsoluteError()},
+    ]
+    return MetricsManager(metrics + list(extra_metrics or []), type_names=type_names)
+
+
+def _detached_loss(config, energy_force_loss, type_names, extra_metrics) -> MetricsManager:
+    """The entries of NequIP's ``EnergyForceLoss`` (same names, fields, MSE metrics and
+    arguments) after the head's evidential force term (coeff 1), which comes first so that data
+    without forces gets the one-line message of :func:`reference_forces`."""
+    from nequip.train import MeanSquaredError
+
+    kwargs = dict(energy_force_loss or {})
+    valid = {"coeffs", "per_atom_energy", "per_type_forces_coeffs"}
+    unknown = sorted(set(kwargs) - valid)
+    if unknown:
+        raise ValueError(
+            f"energy_force_loss: unknown key(s) {unknown}; valid: {sorted(valid)} "
+            "(the arguments of nequip.train.EnergyForceLoss)"
+        )
+    coeffs = {AtomicDataDict.TOTAL_ENERGY_KEY: 1.0, AtomicDataDict.FORCE_KEY: 1.0}
+    coeffs.update(dict(kwargs.get("coeffs") or {}))
+    per_atom = bool(kwargs.get("per_atom_energy", True))
+    forces_entry = {
+        "name": "forces_mse",
+        "field": AtomicDataDict.FORCE_KEY,
+        "coeff": float(coeffs[AtomicDataDict.FORCE_KEY]),
+        "metric": MeanSquaredError(),
+    }
+    if kwargs.get("per_type_forces_coeffs") is not None:
+        forces_entry["per_type"] = True
+        forces_entry["per_type_coeffs"] = kwargs["per_type_forces_coeffs"]
+    metrics = [
+        {"name": "evidential_force_loss", "coeff": 1.0, "metric": EvidentialForceLoss(config)},
+        {
+            "name": "per_atom_energy_mse" if per_atom else "total_energy_mse",
+            "field": (
+                PerAtomModifier(AtomicDataDict.TOTAL_ENERGY_KEY)
+                if per_atom
+                else AtomicDataDict.TOTAL_ENERGY_KEY
+            ),
+            "coeff": float(coeffs[AtomicDataDict.TOTAL_ENERGY_KEY]),
+            "metric": MeanSquaredError(),
+        },
+        forces_entry,
     ]
     return MetricsManager(metrics + list(extra_metrics or []), type_names=type_names)

@@ -55,6 +55,7 @@ def run_part(framework: str, python: Path, data: Path, out: Path, args) -> dict:
         cmd.append("--reuse")
     if args.members is not None:
         cmd.append(f"--members={args.members}")
+    cmd.append(f"--seeds={args.seeds}")
     if framework == "nequip" and args.nequip_heads:
         cmd.append(f"--heads={args.nequip_heads}")
     log_path = out / framework / "part.log"
@@ -95,12 +96,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--epochs", type=int, default=None, help="override the epochs of every model")
     p.add_argument("--jobs", type=int, default=2, help="trainings at the same time (per part)")
     p.add_argument("--members", type=int, default=None, help="deep-ensemble size (default 4)")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        default=None,
+        help="independent runs of every method (disjoint seeds; metrics as mean ± std); "
+        "default 3, 1 with --quick",
+    )
     p.add_argument("--no-water", action="store_true", help="leave out the periodic water box")
     p.add_argument("--reuse", action="store_true", help="reuse models already trained in --out")
     p.add_argument("--nequip-heads", default=None, help="NequIP heads (default e2ip,eip,mve)")
     p.add_argument("--mace-python", type=Path, default=default_python("mace"))
     p.add_argument("--nequip-python", type=Path, default=default_python("nequip"))
     args = p.parse_args(argv)
+    if args.seeds is None:
+        args.seeds = 1 if args.quick else 3
+    if args.seeds < 1:
+        p.error(f"--seeds: invalid value {args.seeds}, must be >= 1")
     args.frameworks = [f.strip() for f in args.frameworks.split(",") if f.strip()]
     bad = sorted(set(args.frameworks) - set(FRAMEWORKS))
     if bad:

@@ -560,6 +560,7 @@ def part_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="trainings run at the same time")
     p.add_argument("--members", type=int, default=None, help="ensemble size (default 4)")
     p.add_argument("--reuse", action="store_true", help="reuse models already trained in --out")
+    p.add_argument("--seeds", type=int, default=1, help="independent runs of every method")
     return p
 
 
@@ -574,6 +575,8 @@ def part_settings(parser: argparse.ArgumentParser, args, settings):
         if args.members < 2:
             parser.error("--members: an ensemble needs at least 2 members")
         settings = dataclasses.replace(settings, members=args.members)
+    if args.seeds < 1:
+        parser.error(f"--seeds: invalid value {args.seeds}, must be >= 1")
     return settings
 
 
@@ -682,30 +685,76 @@ def without_distance_term(model) -> object:
     return clone
 
 
-def run_part(framework: str, args, settings, heads, part, notes: list[str]) -> dict:
-    """Train, evaluate and time one framework's methods; write ``results.json``/``arrays.npz``.
+def seed_settings(settings, k: int):
+    """Settings of the k-th independent run: seeds s + k M (plain model and heads) to
+    s + k M + M - 1 (the ensemble's other members), disjoint from every other run's."""
+    return dataclasses.replace(settings, seed=settings.seed + k * settings.members)
 
-    ``part``: the framework module, with ``train_all``, ``evaluate_all``, ``time_inference`` and
-    ``ATTACHED_FILE`` (the file name ``eip-attach`` writes).
-    """
-    out = args.out / framework
-    t0 = time.perf_counter()
-    costs = part.train_all(args.data, out / "models", settings, args.jobs, args.reuse)
+
+def train_and_attach(framework: str, args, settings, heads, part, work: Path):
+    """Train every method of one run into ``work`` and attach e2ip to its plain model;
+    returns (costs, models, attach)."""
+    costs = part.train_all(args.data, work, settings, args.jobs, args.reuse)
     models = {
         "plain": [costs["plain_0"]["model"]],
         "ensemble": [costs[f"plain_{k}"]["model"] for k in range(settings.members)],
         **{h: [costs[h]["model"]] for h in heads},
+        # heads trained with another force objective (OBJECTIVE_VARIANTS of the part)
+        **{v: [costs[v]["model"]] for v in part.OBJECTIVE_VARIANTS if v in costs},
     }
     attach = attach_to_plain(
         framework,
         models["plain"][0],
         args.data,
-        out / "models" / ATTACHED,
+        work / ATTACHED,
         part.ATTACHED_FILE,
         settings,
         args.reuse,
     )
     models[ATTACHED] = [attach["model"]]
+    return costs, models, attach
+
+
+def aggregate_seeds(per_seed: list[dict]) -> tuple[dict, dict]:
+    """Mean and sample standard deviation (ddof 1; None for one run) of every numeric metric
+    over the runs that have it (method -> split -> name); other values from the first run."""
+    mean, std = {}, {}
+    for method, splits in per_seed[0].items():
+        mean[method], std[method] = {}, {}
+        for split, row in splits.items():
+            mean[method][split], std[method][split] = {}, {}
+            for key, value in row.items():
+                values = [
+                    run[method][split][key]
+                    for run in per_seed
+                    if key in run.get(method, {}).get(split, {})
+                ]
+                numeric = all(
+                    isinstance(v, (int, float)) and not isinstance(v, bool) for v in values
+                )
+                if not numeric:
+                    mean[method][split][key] = value
+                    continue
+                array = np.asarray(values, dtype=float)
+                mean[method][split][key] = float(array.mean())
+                std[method][split][key] = float(array.std(ddof=1)) if len(array) > 1 else None
+    return mean, std
+
+
+def run_part(framework: str, args, settings, heads, part, notes: list[str]) -> dict:
+    """Train, evaluate and time one framework's methods; write ``results.json``/``arrays.npz``.
+
+    ``part``: the framework module, with ``train_all``, ``evaluate_all``, ``time_inference``,
+    ``ATTACHED_FILE`` (the file name ``eip-attach`` writes) and ``OBJECTIVE_VARIANTS``.
+
+    With ``args.seeds`` = N > 1 every method is trained N times (:func:`seed_settings`) and its
+    metrics are the mean over the runs (``metrics``), with their standard deviation
+    (``metrics_std``) and every run's values (``metrics_per_seed``). Costs, inference timing,
+    per-atom arrays (figures) and the calibration variants come from the first run.
+    """
+    out = args.out / framework
+    t0 = time.perf_counter()
+    costs, models, attach = train_and_attach(framework, args, settings, heads, part, out / "models")
     if "e2ip" in heads:
         variants = calibration_variants(
             framework,
@@ -720,7 +769,18 @@ def run_part(framework: str, args, settings, heads, part, notes: list[str]) -> d
     metrics, arrays = part.evaluate_all(args.data, models)
     t_eval = time.perf_counter() - t0 - t_train
     timings = part.time_inference(args.data, models, settings)
-    training = training_costs(costs, heads, settings.members)
+    per_seed, seeds = [metrics], [settings.seed]
+    for k in range(1, args.seeds):
+        run_settings = seed_settings(settings, k)
+        LOG.info("%s: run %d of %d (seed %d)", framework, k + 1, args.seeds, run_settings.seed)
+        _, run_models, _ = train_and_attach(
+            framework, args, run_settings, heads, part, out / "models" / f"seed{k}"
+        )
+        per_seed.append(part.evaluate_all(args.data, run_models)[0])
+        seeds.append(run_settings.seed)
+    metrics, metrics_std = aggregate_seeds(per_seed)
+    variants = [v for v in part.OBJECTIVE_VARIANTS if v in costs]
+    training = training_costs(costs, [*heads, *variants], settings.members)
     for head in heads:  # the end-of-training calibration against one epoch
         seconds = calibration_seconds(Path(costs[head]["model"]).parent / part.TRAIN_LOG)
         epoch_wall = training[head]["epoch_wall_s"]
@@ -734,7 +794,10 @@ def run_part(framework: str, args, settings, heads, part, notes: list[str]) -> d
         "settings": dataclasses.asdict(settings),
         "data": str(args.data),
         "methods": {m: {"models": models[m]} for m in models},
+        "seeds": seeds,
         "metrics": metrics,
+        "metrics_std": metrics_std,
+        "metrics_per_seed": per_seed,
         "training": training,
         "training_runs": costs,
         "attach": attach,
@@ -746,7 +809,10 @@ def run_part(framework: str, args, settings, heads, part, notes: list[str]) -> d
             *notes,
             "ensemble predictive: Gaussian, committee sample covariance (M-1) + "
             f"{ENSEMBLE_JITTER:g} (eV/A)^2 I; sigma_i = sqrt(tr(cov)/3)",
-            "e2ip_* variants: the trained e2ip model refitted by eip-calibrate "
+            "e2ip_nll: e2ip trained with the papers' force objective (the evidential NLL trains "
+            "the model); every other head uses the default, detached (the framework's own "
+            "energy/force loss trains the model, the NLL the head only)",
+            "e2ip_* calibration variants: the trained e2ip model refitted by eip-calibrate "
             + str(CALIBRATION_VARIANTS),
             "mve_density: mve's covariance scaled by (1 + r^4) in the evaluation",
         ],

@@ -62,8 +62,15 @@ QUICK = MaceSettings(
 )
 
 
-def train_command(name: str, head: str, seed: int, data: Path, workdir: Path, s: MaceSettings):
-    """``mace_run_train`` argument list; every flag except ``--head`` is plain MACE."""
+# the same head trained with the papers' force objective (the evidential NLL trains the model),
+# against the default (detached: MACE's own loss trains the model, the NLL the head)
+OBJECTIVE_VARIANTS = {"e2ip_nll": ("e2ip", ["--eip_force_objective=nll"])}
+
+
+def train_command(
+    name: str, head: str, seed: int, data: Path, workdir: Path, s: MaceSettings, extra=()
+):
+    """``mace_run_train`` argument list; every flag except ``--head``/``--eip_*`` is plain MACE."""
     exe = Path(sys.executable).parent / "mace_run_train"
     cmd = [
         str(exe),
@@ -98,13 +105,14 @@ def train_command(name: str, head: str, seed: int, data: Path, workdir: Path, s:
     ]
     if head != "none":
         cmd.append(f"--head={head}")
-    return cmd
+    return cmd + list(extra)
 
 
 def training_jobs(s: MaceSettings) -> dict[str, tuple[str, int]]:
     """job name -> (head, seed). ``plain_0`` is both "plain" and ensemble member 0."""
     jobs = {"plain_0": ("none", s.seed)}
     jobs.update({h: (h, s.seed) for h in HEADS})
+    jobs.update({name: (head, s.seed) for name, (head, _) in OBJECTIVE_VARIANTS.items()})
     jobs.update({f"plain_{k}": ("none", s.seed + k) for k in range(1, s.members)})
     return jobs
 
@@ -137,7 +145,9 @@ def train_all(data: Path, work: Path, s: MaceSettings, jobs: int, reuse: bool) -
     specs = {
         name: (
             work / name,
-            train_command(name, head, seed, data, work / name, s),
+            train_command(
+                name, head, seed, data, work / name, s, OBJECTIVE_VARIANTS.get(name, ("", []))[1]
+            ),
             work / name / f"{name}.model",
         )
         for name, (head, seed) in training_jobs(s).items()

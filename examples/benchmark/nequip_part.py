@@ -64,7 +64,14 @@ QUICK = NequipSettings(
 )
 
 
-def train_command(head: str, seed: int, data: Path, workdir: Path, s: NequipSettings, e0s):
+# the same head trained with the papers' force objective (the evidential NLL trains the model),
+# against the default (detached: NequIP's energy/force MSE trains the model, the NLL the head)
+OBJECTIVE_VARIANTS = {"e2ip_nll": ("e2ip", ["++head_options.force_objective=nll"])}
+
+
+def train_command(
+    head: str, seed: int, data: Path, workdir: Path, s: NequipSettings, e0s, extra=()
+):
     """``nequip-train`` argument list (the project's config for heads, plain.yaml otherwise)."""
     exe = Path(sys.executable).parent / "nequip-train"
     types = sorted(e0s)
@@ -93,6 +100,7 @@ def train_command(head: str, seed: int, data: Path, workdir: Path, s: NequipSett
         # least-squares per-element energies of the training set (MACE's --E0s=average)
         f"++training_module.model.per_type_energy_shifts={shifts}",
         f"hydra.run.dir={workdir}",
+        *extra,
     ]
 
 
@@ -108,6 +116,9 @@ def fit_e0s(frames) -> dict[str, float]:
 def training_jobs(s: NequipSettings) -> dict[str, tuple[str, int]]:
     jobs = {"plain_0": ("none", s.seed)}
     jobs.update({h: (h, s.seed) for h in s.heads})
+    jobs.update(
+        {name: (head, s.seed) for name, (head, _) in OBJECTIVE_VARIANTS.items() if head in s.heads}
+    )
     jobs.update({f"plain_{k}": ("none", s.seed + k) for k in range(1, s.members)})
     return jobs
 
@@ -138,7 +149,9 @@ def train_all(data: Path, work: Path, s: NequipSettings, jobs: int, reuse: bool)
     specs = {
         name: (
             work / name,
-            train_command(head, seed, data, work / name, s, e0s),
+            train_command(
+                head, seed, data, work / name, s, e0s, OBJECTIVE_VARIANTS.get(name, ("", []))[1]
+            ),
             work / name / "best.ckpt",
         )
         for name, (head, seed) in training_jobs(s).items()

@@ -14,6 +14,7 @@ METHOD_ORDER = (
     "ensemble",
     "ensemble_iso",
     "e2ip",
+    "e2ip_nll",
     "eip",
     "mve",
     common.ATTACHED,
@@ -27,6 +28,7 @@ METHOD_LABEL = {
     "plain": "plain",
     "ensemble": "ensemble",
     "e2ip": "e2ip",
+    "e2ip_nll": "e2ip, papers' objective (nll)",
     "eip": "eip",
     "mve": "mve",
     common.ATTACHED: "e2ip attached",
@@ -72,6 +74,26 @@ def _fmt(value, digits: int) -> str:
     return f"{value:.{digits}f}"
 
 
+def _fmt_pm(value, std, digits: int) -> str:
+    """``value ± std`` (std over seeds), or ``value`` alone for a single run."""
+    if std is None or value is None or not math.isfinite(std):
+        return _fmt(value, digits)
+    return f"{_fmt(value, digits)} ± {_fmt(std, digits)}"
+
+
+def _std(part: dict, method: str, split: str, key: str):
+    return part.get("metrics_std", {}).get(method, {}).get(split, {}).get(key)
+
+
+def _versus(a: float, sa, b: float, sb, higher_is_better: bool = True) -> str:
+    """✓ / ✗ for a against b, or ≈ when the difference is within the seeds' spread
+    (sqrt(sa² + sb²); no spread with a single run)."""
+    spread = math.hypot(sa or 0.0, sb or 0.0)
+    if spread > 0 and abs(a - b) <= spread:
+        return "≈"
+    return "✓" if (a >= b if higher_is_better else a <= b) else "✗"
+
+
 def _label(part: dict, method: str) -> str:
     if method in ("ensemble", "ensemble_iso"):
         label = f"ensemble ×{part.get('settings', {}).get('members', 4)}"
@@ -93,7 +115,10 @@ def metrics_table(part: dict) -> str:
             row = part["metrics"][method].get(split)
             if row is None:
                 continue
-            cells = [_fmt(row.get(key), digits) for key, _, digits in COLUMNS]
+            cells = [
+                _fmt_pm(row.get(key), _std(part, method, split, key), digits)
+                for key, _, digits in COLUMNS
+            ]
             lines.append(
                 f"| {SPLIT_LABEL[split]} | {_label(part, method)} | " + " | ".join(cells) + " |"
             )
@@ -152,31 +177,70 @@ def targets_table(part: dict) -> str:
         "|---|---|---|---|---|---|",
     ]
 
-    def mark(ok: bool) -> str:
-        return "✓" if ok else "✗"
+    def pm(method: str, split: str, key: str, digits: int) -> str:
+        row = metrics.get(method, {}).get(split, {})
+        return _fmt_pm(row.get(key), _std(part, method, split, key), digits)
 
     for split in ("test_300K", *HOT_SPLITS):
         e = ens.get(split)
         if e is None:
             continue
-        ce_ens = metrics.get("ensemble_iso", {}).get(split, {}).get("ce")
         for method in TARGET_METHODS:
             row = metrics.get(method, {}).get(split)
             if row is None:
                 continue
-            rho = f"{row['spearman']:.2f} ({e['spearman']:.2f}) {mark(row['spearman'] >= e['spearman'])}"
-            auc = f"{row['roc_auc']:.2f} ({e['roc_auc']:.2f})"
+            std = {k: _std(part, method, split, k) for k in ("spearman", "roc_auc", "ce")}
+            std_e = {k: _std(part, "ensemble", split, k) for k in ("spearman", "roc_auc")}
+            rho = (
+                f"{pm(method, split, 'spearman', 2)} ({pm('ensemble', split, 'spearman', 2)}) "
+                + _versus(row["spearman"], std["spearman"], e["spearman"], std_e["spearman"])
+            )
+            auc = f"{pm(method, split, 'roc_auc', 2)} ({pm('ensemble', split, 'roc_auc', 2)})"
             if split == "test_unseen":
-                auc += f" {mark(row['roc_auc'] >= e['roc_auc'])}"
+                auc += " " + _versus(row["roc_auc"], std["roc_auc"], e["roc_auc"], std_e["roc_auc"])
             g, g_ens = growth(part, method, split), growth(part, "ensemble", split)
             grow = "–"
             if g is not None and split in HOT_SPLITS:
-                grow = f"{g:.2f} ({g_ens:.2f}) {mark(g >= 0.7)}"
+                grow = f"{g:.2f} ({g_ens:.2f}) {'✓' if g >= 0.7 else '✗'}"
             limit = 0.10 if split == "test_300K" else 0.20
-            ce = f"{row['ce']:.3f} ({_fmt(ce_ens, 3)}) {mark(row['ce'] <= limit)}"
+            ce = f"{pm(method, split, 'ce', 3)} ({pm('ensemble_iso', split, 'ce', 3)}) " + _versus(
+                row["ce"], std["ce"], limit, 0.0, higher_is_better=False
+            )
             lines.append(
                 f"| {SPLIT_LABEL[split]} | {_label(part, method)} | {rho} | {auc} | {grow} | {ce} |"
             )
+    return "\n".join(lines)
+
+
+MAE_RATIO_LIMIT = 1.03  # issue 12: a head's force MAE <= 1.03x the plain model's
+
+
+def mae_ratio_table(part: dict) -> str:
+    """Force MAE of every trained head / the plain model's, per split: mean ± std over the
+    seeds of each run's own ratio (a head and the plain model of a run share its seed)."""
+    runs = part.get("metrics_per_seed") or [part["metrics"]]
+    heads = [m for m in _methods(part) if m in ("e2ip", "e2ip_nll", "eip", "mve")]
+    splits = [s for s in SPLIT_LABEL if s in part["metrics"].get("plain", {})]
+    lines = [
+        "| method | " + " | ".join(SPLIT_LABEL[s] for s in splits) + " |",
+        "|---|" + "---|" * len(splits),
+    ]
+    for method in heads:
+        cells = []
+        for split in splits:
+            ratios = [
+                run[method][split]["force_mae"] / run["plain"][split]["force_mae"]
+                for run in runs
+                if split in run.get(method, {}) and split in run.get("plain", {})
+            ]
+            if not ratios:
+                cells.append("–")
+                continue
+            mean = float(np.mean(ratios))
+            std = float(np.std(ratios, ddof=1)) if len(ratios) > 1 else None
+            ok = "✓" if mean <= MAE_RATIO_LIMIT else "✗"
+            cells.append(f"{_fmt_pm(mean, std, 2)} {ok}")
+        lines.append(f"| {_label(part, method)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -292,7 +356,19 @@ def write_report(out: Path, parts: dict, header: dict) -> str:
             "miscalibration area; ES = energy score; rot. err. = relative Frobenius error of "
             "Σ(R·x) versus RΣ(x)Rᵀ):\n"
         )
+        seeds = part.get("seeds") or [part.get("settings", {}).get("seed")]
+        if len(seeds) > 1:
+            sections.append(
+                f"Mean ± standard deviation over {len(seeds)} independent runs (seeds "
+                f"{', '.join(str(x) for x in seeds)}; each run's ensemble has its own members); "
+                "✓/✗ only where the difference exceeds the spread, ≈ otherwise.\n"
+            )
         sections.append(metrics_table(part) + "\n")
+        sections.append(
+            f"Force MAE relative to the plain model (per run, then mean ± std; ✓ = at most "
+            f"{MAE_RATIO_LIMIT}×):\n"
+        )
+        sections.append(mae_ratio_table(part) + "\n")
         sections.append(
             "Cost (measured side by side in this run; training: median epoch time; inference: "
             "median CPU time over interleaved rounds):\n"

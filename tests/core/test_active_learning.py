@@ -33,7 +33,7 @@ class ToyUQCalculator(UncertaintyCalculator):
     def __init__(self, udd=None):
         super().__init__(udd=udd)
         self.backbone = ToyBackbone()
-        self.head = make_head("e2ip", self.backbone.irreps_out, seed=3)
+        self.head = make_head("e2ip", self.backbone.irreps_out, seed=3).eval()
         self.r0 = None
 
     def evaluate_model(self, atoms, keep_graph):

@@ -43,7 +43,8 @@ def feature_tensors(draw) -> np.ndarray:
 
 @pytest.fixture(scope="module", params=["e2ip", "eip", "mve"])
 def head(request):
-    head = make_head(request.param, IRREPS)
+    # the papers' objective: the loss's gradient reaches the features too, so both are checked
+    head = make_head(request.param, IRREPS, force_objective="nll")
     fit_random_statistics(head)
     head.kind = request.param
     return head

@@ -33,7 +33,8 @@ CASES.remove(("eip", "isotropic"))
 
 @pytest.mark.parametrize("kind, case", CASES)
 def test_head_loss_gradients_are_finite(kind, case):
-    head = make_head(kind, IRREPS)
+    """The papers' objective (nll): the loss trains the backbone's features and forces too."""
+    head = make_head(kind, IRREPS, force_objective="nll")
     feats = _feats(case)
     forces = torch.randn(len(feats), 3, dtype=torch.float64, requires_grad=True)
     ref = forces.detach().clone()
@@ -72,8 +73,35 @@ def test_nig_loss_gradients_finite_at_limits(where):
         assert torch.isfinite(t.grad).all()
 
 
+@pytest.mark.parametrize("kind", ["eip", "e2ip", "mve"])
+def test_detached_objective_trains_the_head_only(kind):
+    """Training mode, detached objective: the head's loss has zero gradient with respect to the
+    backbone's features and forces (so to every backbone parameter), finite ones for the head's
+    parameters; in evaluation mode sigma stays differentiable with respect to the features (UDD)."""
+    head = make_head(kind, IRREPS).train()
+    assert head.detach_backbone
+    feats = _feats("random")
+    forces = torch.randn(len(feats), 3, dtype=torch.float64, requires_grad=True)
+    ref = forces.detach() + torch.randn(len(feats), 3, dtype=torch.float64)
+    params = head(feats, forces)
+    loss = head.force_loss(params, ref).mean()
+    assert not any(p.requires_grad for p in (params[0],))  # the mean is the detached force
+    grads = torch.autograd.grad(loss, [feats, forces, *head.parameters()], allow_unused=True)
+    assert grads[0] is None and grads[1] is None
+    trainable = [
+        g for g, p in zip(grads[2:], list(head.parameters()), strict=True) if p.requires_grad
+    ]
+    assert trainable and all(g is not None and torch.isfinite(g).all() for g in trainable)
+    assert any(g.abs().sum() > 0 for g in trainable)
+
+    head.eval()
+    sigma = head.uncertainty(head(feats, forces)).sigma.sum()
+    (grad_feats,) = torch.autograd.grad(sigma, [feats])
+    assert torch.isfinite(grad_feats).all() and grad_feats.abs().sum() > 0
+
+
 def test_e2ip_regulariser_gradient_finite_at_zero_error():
-    head = make_head("e2ip", IRREPS)
+    head = make_head("e2ip", IRREPS, force_objective="nll")
     feats = _feats("random")
     forces = torch.randn(len(feats), 3, dtype=torch.float64, requires_grad=True)
     params = head(feats, forces)

@@ -28,7 +28,7 @@ def test_limited_bias_force_is_bounded(c, d):
 @pytest.mark.parametrize("form", ["squared", "linear"])
 @pytest.mark.parametrize("kind", ["e2ip", "eip"])
 def test_bias_forces_equal_finite_differences(form, kind, toy_backbone):
-    head = make_head(kind, toy_backbone.irreps_out)
+    head = make_head(kind, toy_backbone.irreps_out).eval()  # as the calculators run it
     cfg = UDDConfig(A=2.0, B=0.5, form=form)
     torch.manual_seed(0)
     pos0 = 1.2 * torch.randn(6, 3, dtype=torch.float64)

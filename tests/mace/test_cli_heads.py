@@ -108,12 +108,21 @@ def test_stage_two_and_ema_runs_complete(e2ip_run, mve_run):
     assert (mve_run["workdir"] / "mve_stagetwo.model").is_file()
 
 
-def test_log_names_the_mace_loss_options_it_does_not_use(e2ip_run):
+def test_log_names_the_force_objective_and_the_options_it_does_not_use(e2ip_run, eip_run):
+    # default (detached): MACE's own loss trains the model, --eip_energy_weight is unused
     assert re.search(
-        r"--head=e2ip: MACE's --loss=\S+, --energy_weight=\S+ and --forces_weight=\S+ are not "
-        r"used; the loss is EvidentialLoss\(head=e2ip",
+        r"--head=e2ip: MACE's loss \(--loss=\S+\) trains the model, the evidential loss the head "
+        r"\(--eip_force_objective=detached; --eip_energy_weight is not used\); the loss is "
+        r"EvidentialLoss\(head=e2ip.*force_objective=detached, model loss=",
         e2ip_run["log"],
     ), e2ip_run["log"][:3000]
+    # the papers' objective: MACE's loss flags are unused
+    assert re.search(
+        r"--head=eip --eip_force_objective=nll: MACE's --loss=\S+, --energy_weight=\S+ and "
+        r"--forces_weight=\S+ are not used; the loss is EvidentialLoss\(head=eip.*"
+        r"force_objective=nll",
+        eip_run["log"],
+    ), eip_run["log"][:3000]
 
 
 def test_eval_configs_takes_the_dtype_of_a_float32_model_with_a_head(e2ip_run, data, tmp_path):

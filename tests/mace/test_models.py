@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import replace
 
 import ase.io
 import numpy as np
@@ -49,6 +50,10 @@ def _batch(model, path, n=4):
     return batch, {k: v.float() if v.is_floating_point() else v for k, v in batch.to_dict().items()}
 
 
+class _AttributeDict(dict):
+    __getattr__ = dict.__getitem__
+
+
 def _load(path):
     return torch.load(path, map_location="cpu", weights_only=False)
 
@@ -89,9 +94,10 @@ def test_compiled_model_returns_uncertainty(request, data, head):
 
 
 def test_loss_equals_core_objective_for_unit_weights(e2ip_run, data):
+    """--eip_force_objective=nll: the papers' loss, exactly the core closed form."""
     model = _load(e2ip_run["model"])
     batch, d = _batch(model, data["test_300K"])
-    config = head_config_of(model)
+    config = replace(head_config_of(model), force_objective="nll")
     loss_fn = EvidentialLoss(config).attach(model.head)
     out = model(d, training=True, compute_force=True)
     ref = dict(d)
@@ -102,6 +108,36 @@ def test_loss_equals_core_objective_for_unit_weights(e2ip_run, data):
         model.head, params, ref["forces"], out["energy"], ref["energy"], num_atoms, config
     )["loss"]
     torch.testing.assert_close(loss_fn(out, ref), expected)
+
+
+def test_detached_objective_trains_the_model_with_maces_own_loss(e2ip_run, data):
+    """--eip_force_objective=detached (default): loss = MACE's loss + the head's evidential term,
+    whose gradient with respect to every backbone parameter is exactly zero; the backbone's
+    gradient is the one MACE's loss gives a plain model."""
+    from mace.modules.loss import WeightedEnergyForcesLoss
+
+    model = _load(e2ip_run["model"]).train()
+    _, d = _batch(model, data["test_300K"])
+    config = head_config_of(model)
+    assert config.force_objective == "detached"
+    mace_loss = WeightedEnergyForcesLoss(energy_weight=1.0, forces_weight=100.0)
+    loss_fn = EvidentialLoss(config, mean_loss=mace_loss).attach(model.head)
+    out = model(d, training=True, compute_force=True)
+    ref = _AttributeDict(d)  # MACE's losses read ref.ptr, ours ref["ptr"]: a Batch does both
+    total, plain = loss_fn(out, ref), mace_loss(pred=out, ref=ref)
+    backbone = [p for p in model.model.parameters() if p.requires_grad]
+    head = [p for p in model.head.parameters() if p.requires_grad]
+    g_total = torch.autograd.grad(total, backbone + head, retain_graph=True, allow_unused=True)
+    g_plain = torch.autograd.grad(plain, backbone, retain_graph=True, allow_unused=True)
+    for a, b in zip(g_total[: len(backbone)], g_plain, strict=True):
+        if b is None:
+            assert a is None or torch.all(a == 0)
+        else:
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert all(g is not None and torch.isfinite(g).all() for g in g_total[len(backbone) :])
+    assert float(total - plain) != 0.0  # the evidential term is there, for the head
+    with pytest.raises(ValueError, match="force_objective='detached'"):
+        EvidentialLoss(config)
 
 
 def test_calculator_returns_fields(e2ip_run, data):

@@ -28,7 +28,7 @@ from nequip.utils.unittests.conftest import (  # noqa: F401
     nequip_dataset,
     temp_data,
 )
-from nequip_helpers import BIN, DATA, EPOCHS, compile_args, run_cli, train_args
+from nequip_helpers import BIN, DATA, EPOCHS, NLL_OBJECTIVE, compile_args, run_cli, train_args
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -67,7 +67,8 @@ class Runs:
     def trained(self, head: str) -> Path:
         if head not in self._trained:
             run_dir = self.root / f"train_{head}"
-            proc = run_cli(train_args(run_dir, head, EPOCHS[head]), cwd=self.root)
+            extra = NLL_OBJECTIVE.get(head, [])
+            proc = run_cli(train_args(run_dir, head, EPOCHS[head], *extra), cwd=self.root)
             (run_dir / "stdout.txt").write_text(proc.stdout)
             self._trained[head] = run_dir
         return self._trained[head]

@@ -29,6 +29,9 @@ SMALL_MODEL = [
     "++head_options.hidden=16",
 ]
 EPOCHS = {"e2ip": 6, "eip": 2, "mve": 3}
+# heads trained with the papers' force objective (the evidential NLL trains the model); the
+# others use the default, detached
+NLL_OBJECTIVE = {"eip": ["++head_options.force_objective=nll"]}
 
 
 def cli_env(**extra) -> dict:

@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 import torch
-from nequip_helpers import DATA, EPOCHS, run_cli, train_args
+from nequip_helpers import DATA, EPOCHS, NLL_OBJECTIVE, run_cli, train_args
 from scipy.spatial.transform import Rotation
 
 from eip_plugins.core import keys
@@ -32,6 +32,9 @@ def _evaluate(calc, frames):
     return out
 
 
+EVIDENTIAL_AND_NEQUIP_TERMS = ["evidential_force_loss", "per_atom_energy_mse", "forces_mse"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("head", HEADS)
 def test_train_logs_uncertainty_metrics_every_epoch(runs, head):
@@ -43,9 +46,15 @@ def test_train_logs_uncertainty_metrics_every_epoch(runs, head):
     for row in rows:
         for name in names:
             assert np.isfinite(float(row[f"val0_epoch/{name}"])), name
-    loss_rows = [r for r in _epoch_rows(run_dir) if r.get("train_loss_epoch/evidential_loss")]
-    assert len(loss_rows) == EPOCHS[head]
-    assert all(np.isfinite(float(r["train_loss_epoch/evidential_loss"])) for r in loss_rows)
+    # force_objective nll (the eip run): the evidential loss is the whole loss; detached (the
+    # default): NequIP's energy/force MSE terms plus the head's evidential force term
+    loss_names = ["evidential_loss"] if head in NLL_OBJECTIVE else EVIDENTIAL_AND_NEQUIP_TERMS
+    for name in loss_names:
+        loss_rows = [r for r in _epoch_rows(run_dir) if r.get(f"train_loss_epoch/{name}")]
+        assert len(loss_rows) == EPOCHS[head], name
+        assert all(np.isfinite(float(r[f"train_loss_epoch/{name}"])) for r in loss_rows)
+    other = "forces_mse" if head in NLL_OBJECTIVE else "evidential_loss"
+    assert not any(r.get(f"train_loss_epoch/{other}") for r in _epoch_rows(run_dir))
 
 
 @pytest.mark.slow

@@ -19,11 +19,13 @@ from eip_plugins.nequip.loss import params_from_output
 
 @pytest.mark.parametrize("head", ["e2ip", "eip", "mve"])
 def test_loss_is_core_total_loss_and_trains_everything(head, ethanol_300K):
-    model = build_model(head)
+    """force_objective: nll, the papers' loss: exactly the core closed form, training all."""
+    model = build_model(head, force_objective="nll")
     model.train()
     batch = to_data(ethanol_300K[:4])
     out = model(batch.copy())
-    loss_fn = EvidentialLoss(head=head, head_options={"quantile": 0.3}, energy_weight=0.2)
+    options = {"quantile": 0.3, "force_objective": "nll"}
+    loss_fn = EvidentialLoss(head=head, head_options=options, energy_weight=0.2)
     loss = loss_fn(out, batch)["weighted_sum"]
 
     head_module = model.model.head  # the core head inside the NequIP model
@@ -46,6 +48,36 @@ def test_loss_is_core_total_loss_and_trains_everything(head, ethanol_300K):
     backbone_grads = [p.grad for n, p in model.named_parameters() if ".head." not in n]
     assert head_grads and all(g is not None and torch.isfinite(g).all() for g in head_grads)
     assert any(g is not None and g.abs().sum() > 0 for g in backbone_grads)
+
+
+@pytest.mark.parametrize("head", ["e2ip", "eip", "mve"])
+def test_detached_loss_trains_the_model_with_nequips_own_loss(head, ethanol_300K):
+    """force_objective: detached (default): NequIP's EnergyForceLoss + the evidential term; the
+    backbone's gradient is exactly the one NequIP's loss alone gives (the evidential term's is
+    zero), the head's parameters get finite gradients."""
+    from nequip.train import EnergyForceLoss
+
+    model = build_model(head).train()
+    batch = to_data(ethanol_300K[:4])
+    out = model(batch.copy())
+    loss_fn = EvidentialLoss(head=head)
+    plain_fn = EnergyForceLoss()
+    loss = loss_fn(out, batch)["weighted_sum"]
+    plain = plain_fn(out, batch)["weighted_sum"]
+    backbone = [p for n, p in model.named_parameters() if ".head." not in n]
+    head_params = [p for n, p in model.named_parameters() if ".head." in n and p.requires_grad]
+    grads = torch.autograd.grad(loss, backbone + head_params, retain_graph=True, allow_unused=True)
+    plain_grads = torch.autograd.grad(plain, backbone, retain_graph=True, allow_unused=True)
+    # NequIP normalises the coefficients (1, 1, 1 -> 1/3 each vs 1/2 each without the head)
+    for g, g_plain in zip(grads[: len(backbone)], plain_grads, strict=True):
+        if g_plain is None:
+            assert g is None or torch.all(g == 0)
+        else:
+            torch.testing.assert_close(g, g_plain * (2.0 / 3.0), rtol=1e-10, atol=1e-14)
+    assert any(g is not None and g.abs().sum() > 0 for g in plain_grads)
+    assert all(g is not None and torch.isfinite(g).all() for g in grads[len(backbone) :])
+    with pytest.raises(ValueError, match="energy_force_loss: unknown key\\(s\\) \\['coef'\\]"):
+        EvidentialLoss(head=head, energy_force_loss={"coef": {}})
 
 
 def test_metrics_match_core_over_an_epoch(ethanol_300K, ethanol_1200K):
