@@ -252,6 +252,21 @@ CASES: list[Case] = [
     ),
     *_cases(
         "nequip",
+        "nequip-train",
+        **{
+            k: "nequip-train: error: train_file: .*" + v
+            for k, v in _DATA_FILE.items()
+            if k not in ("missing_forces", "unknown_element")
+        },
+        missing_forces=r"nequip-train: error: train_file: data file \S*missing_forces\.xyz: "
+        r"structure 0 has no forces under 'REF_forces'",
+        unknown_element=r"nequip-train: error: train_file: data file \S*unknown_element\.xyz: "
+        r"structure 2 contains element\(s\) \['Si'\] that are not in chemical_species",
+        out_of_range=r"nequip-train: error: invalid lam=-1(\.0)?: \(evidence regulariser "
+        r"weight\) must be >= 0",
+    ),
+    *_cases(
+        "nequip",
         "eip-calibrate nequip",
         **{k: "eip-calibrate: error: .*" + v for k, v in _NEQUIP_MODEL.items()},
         foreign_model=r"eip-calibrate: error: \S*mace\.model is not a NequIP checkpoint .*"
@@ -468,6 +483,7 @@ _TOOLS = {  # entry point -> (what the README calls it, framework)
     "eip-calibrate mace": ("`eip-calibrate`", "MACE"),
     "eip-calibrate nequip": ("`eip-calibrate`", "NequIP"),
     "eip-al": ("`eip-al`", "MACE"),
+    "nequip-train": ("`nequip-train -cn config_with_eip`", None),
 }
 
 

@@ -10,7 +10,9 @@ loaded on first attribute access:
 - :func:`EvidentialMetrics` -- ``val_metrics`` / ``test_metrics``;
 - :class:`NequIPUQCalculator` -- ASE calculator with uncertainties;
 - :class:`UncertaintyCalibration` -- ``trainer.callbacks`` entry that fits the head's feature
-  statistics and recalibration scale into the checkpoints when training ends.
+  statistics and recalibration scale into the checkpoints when training ends;
+- :class:`OneLineErrors` -- ``hydra.callbacks`` entry: bad data files and config values end
+  ``nequip-train`` with one line.
 """
 
 import importlib
@@ -41,6 +43,7 @@ _LAZY = {
     "EvidentialMetrics": ".metrics",
     "NequIPUQCalculator": ".calculator",
     "UncertaintyCalibration": ".calibration",
+    "OneLineErrors": ".hydra_errors",
 }
 
 __all__ = sorted(_LAZY)

@@ -17,7 +17,7 @@ from bad_inputs import (
     truncate_copy,
     unusual_valid_structures,
 )
-from nequip_helpers import DATA, REPO, cli_env
+from nequip_helpers import DATA, NEQUIP_TRAIN, REPO, cli_env
 
 CASES = cases_for("nequip")
 
@@ -105,11 +105,23 @@ def _head_tool(tool):
     return command
 
 
+def _nequip_train(case, ws):
+    """nequip-train with the shipped config (a subprocess: Hydra owns the process)."""
+    extra = ["++head_options.lam=-1"] if case.bad_input == "out-of-range" else []
+    return [
+        NEQUIP_TRAIN, "-cn", "config_with_eip",
+        f"++train_file={DATA_FILES.get(case.bad_input, 'good.xyz')}",
+        "++val_file=valid.xyz", "++test_file=valid.xyz", "++max_epochs=1",
+        f"hydra.run.dir=outputs/{case.bad_input}", *extra,  # Hydra rewrites its .hydra/ files
+    ]  # fmt: skip
+
+
 RUNNERS = {
     "NequIPUQCalculator.from_saved_model": _calculator(compiled=False),
     "NequIPUQCalculator.from_compiled_model": _calculator(compiled=True),
     "eip-attach nequip": _head_tool("eip-attach"),
     "eip-calibrate nequip": _head_tool("eip-calibrate"),
+    "nequip-train": _nequip_train,
 }
 
 

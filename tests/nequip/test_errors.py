@@ -184,3 +184,28 @@ def test_a_corrupt_model_file_gives_one_line_naming_it(content, tmp_path):
         assert bad.read_bytes() == content
         with pytest.raises(FileNotFoundError, match=r"model file .*missing\.ckpt does not exist"):
             load(str(tmp_path / "missing.ckpt"))
+
+
+def test_one_line_errors_unwraps_input_errors_and_leaves_others():
+    """The Hydra callback's one line: the root input error, with the config key Hydra names;
+    None (Hydra's own report) for errors that are not about the input."""
+    from hydra.errors import InstantiationException
+
+    from eip_plugins.nequip.hydra_errors import one_line
+
+    try:
+        try:
+            raise ValueError("invalid lam=-1.0: must be >= 0\nsecond line")
+        except ValueError as err:
+            raise InstantiationException(
+                "Error in call to target 'eip_plugins.nequip.EvidentialLoss':\n"
+                "ValueError('...')\nfull_key: training_module.loss"
+            ) from err
+    except InstantiationException as wrapped:
+        line = one_line(wrapped)
+    assert line == (
+        "training_module.loss (eip_plugins.nequip.EvidentialLoss): invalid lam=-1.0: must be >= 0"
+    )
+    missing = FileNotFoundError(2, "No such file or directory", "train.xyz")
+    assert one_line(missing) == "train.xyz does not exist"
+    assert one_line(RuntimeError("CUDA out of memory")) is None
