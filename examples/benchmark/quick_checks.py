@@ -18,10 +18,11 @@ from .common import ATTACHED, CALIBRATION_VARIANTS, DERIVED, METRICS
 
 REPO = Path(__file__).resolve().parents[2]
 VARIANTS = (*CALIBRATION_VARIANTS, *DERIVED)  # e2ip refitted by eip-calibrate; mve x density
-UQ_METHODS = ("ensemble", "ensemble_iso", "e2ip", "eip", "mve", ATTACHED, *VARIANTS)
+# e2ip_nll: e2ip trained with the papers' force objective (OBJECTIVE_VARIANTS of the parts)
+UQ_METHODS = ("ensemble", "ensemble_iso", "e2ip", "e2ip_nll", "eip", "mve", ATTACHED, *VARIANTS)
 METHODS = ("plain", *UQ_METHODS)
 COSTED = ("plain", "ensemble", "e2ip", "eip", "mve")  # ensemble_iso: the ensemble's models
-EQUIVARIANT = ("ensemble", "ensemble_iso", "e2ip", "mve", ATTACHED, *VARIANTS)
+EQUIVARIANT = ("ensemble", "ensemble_iso", "e2ip", "e2ip_nll", "mve", ATTACHED, *VARIANTS)
 SPLITS = ("test_300K", "test_hot", "test_unseen")
 
 

@@ -137,8 +137,9 @@ def test_resume_from_last_ckpt_restores_head(runs, tmp_path):
     def losses(d, name):
         return [float(r[name]) for r in _epoch_rows(d) if r.get(name)]
 
-    step = "train_loss_step/evidential_loss"
-    saved_final = losses(src, "train_loss_epoch/evidential_loss")[-1]
+    # the head's own term, logged under either force objective (mve trains detached)
+    step = "train_loss_step/evidential_force_loss"
+    saved_final = losses(src, "train_loss_epoch/evidential_force_loss")[-1]
     fresh_first = losses(src, step)[0]
     resumed_first = losses(run_dir, step)[0]
     # a resumed (not re-initialised) model starts where the saved run ended
