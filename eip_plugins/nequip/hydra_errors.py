@@ -82,6 +82,7 @@ class OneLineErrors(Callback):
 def data_problem(config: DictConfig, check_data: bool = True) -> Optional[str]:
     """The first problem of the data files named by ``config``, or None."""
     forces_key, species = _forces_key(config), _species(config)
+    read: set = set()  # a file named twice (val_file = test_file) is read once
     for key in DATA_KEYS:
         if key not in config.keys():  # `key in config` is False for a missing (???) value
             continue
@@ -95,7 +96,8 @@ def data_problem(config: DictConfig, check_data: bool = True) -> Optional[str]:
             )
         if os.path.getsize(path) == 0:
             return f"{key}: data file {path} is empty"
-        if check_data:
+        if check_data and os.path.realpath(path) not in read:
+            read.add(os.path.realpath(path))
             problem = _content_problem(path, forces_key, species)
             if problem:
                 return f"{key}: {problem}"

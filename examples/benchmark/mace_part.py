@@ -108,12 +108,12 @@ def train_command(
     return cmd + list(extra)
 
 
-def training_jobs(s: MaceSettings) -> dict[str, tuple[str, int]]:
-    """job name -> (head, seed). ``plain_0`` is both "plain" and ensemble member 0."""
-    jobs = {"plain_0": ("none", s.seed)}
-    jobs.update({h: (h, s.seed) for h in HEADS})
-    jobs.update({name: (head, s.seed) for name, (head, _) in OBJECTIVE_VARIANTS.items()})
-    jobs.update({f"plain_{k}": ("none", s.seed + k) for k in range(1, s.members)})
+def training_jobs(s: MaceSettings) -> dict[str, tuple[str, int, list[str]]]:
+    """job name -> (head, seed, extra flags). ``plain_0`` is both "plain" and ensemble member 0."""
+    jobs = {"plain_0": ("none", s.seed, [])}
+    jobs.update({h: (h, s.seed, []) for h in HEADS})
+    jobs.update({name: (head, s.seed, flags) for name, (head, flags) in OBJECTIVE_VARIANTS.items()})
+    jobs.update({f"plain_{k}": ("none", s.seed + k, []) for k in range(1, s.members)})
     return jobs
 
 
@@ -145,12 +145,10 @@ def train_all(data: Path, work: Path, s: MaceSettings, jobs: int, reuse: bool) -
     specs = {
         name: (
             work / name,
-            train_command(
-                name, head, seed, data, work / name, s, OBJECTIVE_VARIANTS.get(name, ("", []))[1]
-            ),
+            train_command(name, head, seed, data, work / name, s, flags),
             work / name / f"{name}.model",
         )
-        for name, (head, seed) in training_jobs(s).items()
+        for name, (head, seed, flags) in training_jobs(s).items()
     }
     costs = common.train_models("mace", specs, env, "train.log", jobs, reuse)
     for name, cost in costs.items():

@@ -113,13 +113,17 @@ def fit_e0s(frames) -> dict[str, float]:
     return {s: float(e) for s, e in zip(symbols, e0, strict=True)}
 
 
-def training_jobs(s: NequipSettings) -> dict[str, tuple[str, int]]:
-    jobs = {"plain_0": ("none", s.seed)}
-    jobs.update({h: (h, s.seed) for h in s.heads})
+def training_jobs(s: NequipSettings) -> dict[str, tuple[str, int, list[str]]]:
+    jobs = {"plain_0": ("none", s.seed, [])}
+    jobs.update({h: (h, s.seed, []) for h in s.heads})
     jobs.update(
-        {name: (head, s.seed) for name, (head, _) in OBJECTIVE_VARIANTS.items() if head in s.heads}
+        {
+            name: (head, s.seed, flags)
+            for name, (head, flags) in OBJECTIVE_VARIANTS.items()
+            if head in s.heads
+        }
     )
-    jobs.update({f"plain_{k}": ("none", s.seed + k) for k in range(1, s.members)})
+    jobs.update({f"plain_{k}": ("none", s.seed + k, []) for k in range(1, s.members)})
     return jobs
 
 
@@ -149,12 +153,10 @@ def train_all(data: Path, work: Path, s: NequipSettings, jobs: int, reuse: bool)
     specs = {
         name: (
             work / name,
-            train_command(
-                head, seed, data, work / name, s, e0s, OBJECTIVE_VARIANTS.get(name, ("", []))[1]
-            ),
+            train_command(head, seed, data, work / name, s, e0s, flags),
             work / name / "best.ckpt",
         )
-        for name, (head, seed) in training_jobs(s).items()
+        for name, (head, seed, flags) in training_jobs(s).items()
     }
     costs = common.train_models("nequip", specs, env, "stdout.log", jobs, reuse)
     for name, cost in costs.items():
