@@ -18,7 +18,7 @@ import logging
 import sys
 
 from ..calibration import RECALIBRATION_CHOICES, CalibrationSettings
-from ..core.config import HEAD_KINDS
+from ..core.config import GEOMETRIC_FEATURES, HEAD_KINDS
 from ..core.feature_density import DEFAULT_POWER, DEFAULT_STRENGTH
 from ..frameworks import require_framework
 from .labelled_data import AttachError
@@ -58,6 +58,20 @@ def _common_arguments(p: argparse.ArgumentParser, model_help: str, output_help: 
     p.add_argument("--eip_hidden", type=int, default=None, help="head width")
     p.add_argument("--eip_lambda", type=float, default=None, help="evidence regulariser weight")
     p.add_argument("--eip_quantile", type=float, default=None, help="eip quantile q in (0, 1)")
+    p.add_argument(
+        "--eip_geometric_features",
+        choices=GEOMETRIC_FEATURES,
+        default=None,
+        help="auto (default): on a scalar-only model the head builds vector (1o) and l=2 "
+        "features from the neighbour list and the model's invariant features; always: also on "
+        "top of the model's own 1o features; never: the model's features only",
+    )
+    p.add_argument(
+        "--eip_geometric_channels",
+        type=int,
+        default=None,
+        help="number of geometric 1o and of 2e channels (default 16)",
+    )
     p.add_argument("--report", default=None, help="write the before/after report (JSON) here")
     add_calibration_arguments(p)
 
@@ -145,6 +159,8 @@ def _head_options(args) -> dict:
         ("eip_hidden", "hidden"),
         ("eip_lambda", "lam"),
         ("eip_quantile", "quantile"),
+        ("eip_geometric_features", "geometric_features"),
+        ("eip_geometric_channels", "geometric_channels"),
     ):
         value = getattr(args, flag)
         if value is not None:

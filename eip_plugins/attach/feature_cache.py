@@ -18,7 +18,10 @@ class FeatureChunk:
 
     Shapes: node_feats (N, F); forces (N, 3) backbone forces, eV/A; forces_ref (N, 3) reference
     forces, eV/A; batch (N,) structure index local to the chunk; num_graphs G; species (N,)
-    int64 species index of each atom (element of the z-table / model type; ``None``: all 0).
+    int64 species index of each atom (element of the z-table / model type; ``None``: all 0);
+    edge_index (2, E) int64 [centre, neighbour] atom indices local to the chunk and
+    edge_vectors (E, 3) r_neighbour - r_centre, A: the backbone's neighbour list, kept for heads
+    that build geometric features (``None`` otherwise).
     """
 
     node_feats: Tensor
@@ -27,10 +30,35 @@ class FeatureChunk:
     batch: Tensor
     num_graphs: int
     species: Tensor | None = None
+    edge_index: Tensor | None = None
+    edge_vectors: Tensor | None = None
 
     @property
     def num_atoms(self) -> int:
         return int(self.node_feats.shape[0])
+
+    def head_inputs(self) -> tuple:
+        """The arguments of ``head(...)`` / ``head.forward_with_distance(...)``."""
+        return self.node_feats, self.forces, self.species, self.edge_index, self.edge_vectors
+
+    def atoms(self, keep: Tensor) -> FeatureChunk:
+        """The chunk restricted to the atoms where ``keep`` (N,) bool is set, with the edges
+        between kept atoms re-indexed (``batch`` keeps its structure numbering)."""
+        edge_index, edge_vectors = self.edge_index, self.edge_vectors
+        if edge_index is not None and edge_vectors is not None:
+            new_index = torch.cumsum(keep.long(), 0) - 1
+            kept = keep[edge_index[0]] & keep[edge_index[1]]
+            edge_index, edge_vectors = new_index[edge_index[:, kept]], edge_vectors[kept]
+        return FeatureChunk(
+            self.node_feats[keep],
+            self.forces[keep],
+            self.forces_ref[keep],
+            self.batch[keep],
+            self.num_graphs,
+            None if self.species is None else self.species[keep],
+            edge_index,
+            edge_vectors,
+        )
 
 
 class FeatureCache:
@@ -84,16 +112,20 @@ class FeatureCache:
 
     def concatenated(self) -> FeatureChunk:
         """All chunks as one (for evaluation); batch indices are made global."""
-        parts, offset = [], 0
+        parts, offset, atoms = [], 0, 0
         for c in self:
-            parts.append((c, offset))
+            parts.append((c, offset, atoms))
             offset += c.num_graphs
-        species = [c.species for c, _ in parts]
+            atoms += c.num_atoms
+        species = [c.species for c, _, _ in parts]
+        with_edges = all(c.edge_index is not None for c, _, _ in parts)
         return FeatureChunk(
-            torch.cat([c.node_feats for c, _ in parts]),
-            torch.cat([c.forces for c, _ in parts]),
-            torch.cat([c.forces_ref for c, _ in parts]),
-            torch.cat([c.batch + o for c, o in parts]),
+            torch.cat([c.node_feats for c, _, _ in parts]),
+            torch.cat([c.forces for c, _, _ in parts]),
+            torch.cat([c.forces_ref for c, _, _ in parts]),
+            torch.cat([c.batch + o for c, o, _ in parts]),
             offset,
             None if any(s is None for s in species) else torch.cat(species),
+            torch.cat([c.edge_index + a for c, _, a in parts], dim=1) if with_edges else None,
+            torch.cat([c.edge_vectors for c, _, _ in parts]) if with_edges else None,
         )

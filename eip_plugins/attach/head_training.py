@@ -44,7 +44,7 @@ def _mean_nll(head: nn.Module, cache: FeatureCache) -> float:
     total, n = 0.0, 0
     with torch.no_grad():
         for c in cache:
-            params = head(c.node_feats, c.forces, c.species)
+            params = head(*c.head_inputs())
             total += float(predictive_distribution(params).nll(c.forces_ref).sum())
             n += c.num_atoms
     return total / max(n, 1)
@@ -54,7 +54,7 @@ def evaluate_head(head: nn.Module, cache: FeatureCache) -> dict:
     """Force MAE, Spearman and ROC-AUC of sigma_i vs error, predictive NLL and CE on ``cache``."""
     c = cache.concatenated()
     with torch.no_grad():
-        params = head(c.node_feats, c.forces, c.species)
+        params = head(*c.head_inputs())
         sigma = head.uncertainty(params).sigma
         err = force_error(c.forces, c.forces_ref)
         dist = predictive_distribution(params)
@@ -99,7 +99,7 @@ def fit_head(
         train_loss, n = 0.0, 0
         for c in train:
             opt.zero_grad()
-            loss = head.force_loss(head(c.node_feats, c.forces, c.species), c.forces_ref).mean()
+            loss = head.force_loss(head(*c.head_inputs()), c.forces_ref).mean()
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"non-finite head loss at epoch {epoch}")
             loss.backward()

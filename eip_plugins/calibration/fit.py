@@ -101,7 +101,7 @@ def head_predictions(head: nn.Module, chunks: Iterable):
     over every atom of ``chunks``."""
     params, ref, forces, dist = [], [], [], []
     for chunk in chunks:
-        p, d2 = head.forward_with_distance(chunk.node_feats, chunk.forces, _species(chunk))
+        p, d2 = head.forward_with_distance(*chunk.head_inputs())
         params.append(p)
         ref.append(chunk.forces_ref.double())
         forces.append(chunk.forces.double())

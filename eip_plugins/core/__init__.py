@@ -11,7 +11,8 @@ from .e2ip_head import EquivariantEvidentialHead
 from .eip_head import ComponentwiseEvidentialHead
 from .entropy import configurational_entropy
 from .feature_density import FeatureDensity, FeatureStatistics, FittedStatistics
-from .head_base import HeadBase
+from .geometric_features import GeometricFeatures
+from .head_base import HeadBase, reads_geometry
 from .invariants import InvariantFeatures
 from .losses import (
     energy_loss,
@@ -45,6 +46,7 @@ __all__ = [
     "FeatureDensity",
     "FeatureStatistics",
     "FittedStatistics",
+    "GeometricFeatures",
     "ForceUncertainty",
     "GaussianParams",
     "HeadBase",
@@ -69,6 +71,7 @@ __all__ = [
     "niw_evidence_regularizer",
     "niw_student_t_nll",
     "niw_uncertainty",
+    "reads_geometry",
     "scale_params",
     "structure_uncertainty",
     "tilted_loss",

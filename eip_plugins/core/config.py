@@ -15,6 +15,13 @@ HEAD_KINDS = ("eip", "e2ip", "mve")
 #   trains the backbone's forces too (its mean is the backbone's force).
 FORCE_OBJECTIVES = ("detached", "nll")
 
+# When the head builds its own vector (1o) and l = 2 (2e) features from the local geometry
+# (:mod:`eip_plugins.core.geometric_features`):
+# - "auto": only for backbones without 1o node features (scalar MACE, NequIP l_max = 0);
+# - "always": also on top of a backbone's own 1o features;
+# - "never": read the backbone's features only (a scalar-only backbone is then refused).
+GEOMETRIC_FEATURES = ("auto", "always", "never")
+
 # Default weight of the evidence regulariser per head kind. eIP's reference code uses 1; the NIW
 # regulariser |y - mu0| (2 kappa + nu_w) is an order of magnitude larger at initialisation, so e2ip
 # starts lower. mve has no evidential prior and therefore no regulariser.
@@ -56,6 +63,8 @@ class HeadConfig:
     learn_psi0: bool = True
     max_log_scale: float = 10.0
     force_objective: str = "detached"
+    geometric_features: str = "auto"
+    geometric_channels: int = 16
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -65,6 +74,11 @@ class HeadConfig:
             raise ValueError(
                 f"invalid force_objective={self.force_objective!r}: choose one of "
                 f"{FORCE_OBJECTIVES}"
+            )
+        if self.geometric_features not in GEOMETRIC_FEATURES:
+            raise ValueError(
+                f"invalid geometric_features={self.geometric_features!r}: choose one of "
+                f"{GEOMETRIC_FEATURES}"
             )
         if self.lam is None:
             self.lam = DEFAULT_LAMBDA[self.kind]
@@ -82,7 +96,14 @@ class HeadConfig:
         )
         _check(self.psi0 > 0.0, "psi0", self.psi0, "must be > 0 (eV/A)^2")
         _check(self.max_log_scale > 0.0, "max_log_scale", self.max_log_scale, "must be > 0")
+        _check(
+            int(self.geometric_channels) >= 1,
+            "geometric_channels",
+            self.geometric_channels,
+            "must be a positive integer",
+        )
         self.hidden = int(self.hidden)
+        self.geometric_channels = int(self.geometric_channels)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -24,7 +24,8 @@ class EquivariantEvidentialHead(HeadBase):
     and equivariance is kept), and Psi = c Psi_net. Both are identities until fitted.
 
     Args:
-        irreps_in: irreps of the backbone node features (must contain 1o).
+        irreps_in: irreps of the backbone node features (without 1o channels the head builds
+            geometric ones, see :class:`HeadBase`).
         config: head hyperparameters (``kind == "e2ip"``).
         num_species: number of species of the per-element feature statistics.
 
@@ -35,33 +36,50 @@ class EquivariantEvidentialHead(HeadBase):
 
     kind: str = "e2ip"
 
-    def __init__(self, irreps_in, config: HeadConfig, num_species: int = 1):
-        super().__init__(irreps_in, num_species, config.force_objective == "detached")
+    def __init__(
+        self,
+        irreps_in,
+        config: HeadConfig,
+        num_species: int = 1,
+        r_max: Optional[float] = None,
+        avg_num_neighbors: float = 1.0,
+    ):
+        super().__init__(irreps_in, config, num_species, r_max, avg_num_neighbors)
         self.covariance = EquivariantCovarianceHead(
-            irreps_in,
+            self.head_irreps,
             hidden=config.hidden,
             n_scalars=2,
             psi0=config.psi0,
             learn_psi0=config.learn_psi0,
             max_log_scale=config.max_log_scale,
         )
-        self.irreps_in = self.covariance.irreps_in
         self.nu_w_floor = float(config.nu_w_floor)
         self.kappa_floor = _KAPPA_FLOOR  # TorchScript cannot close over module-level floats
         self.lam = float(config.lam)
 
     def forward(
-        self, node_feats: Tensor, forces: Tensor, species: Optional[Tensor] = None
+        self,
+        node_feats: Tensor,
+        forces: Tensor,
+        species: Optional[Tensor] = None,
+        edge_index: Optional[Tensor] = None,
+        edge_vectors: Optional[Tensor] = None,
     ) -> NIWParams:
-        return self.forward_with_distance(node_feats, forces, species)[0]
+        return self.forward_with_distance(node_feats, forces, species, edge_index, edge_vectors)[0]
 
     def forward_with_distance(
-        self, node_feats: Tensor, forces: Tensor, species: Optional[Tensor] = None
+        self,
+        node_feats: Tensor,
+        forces: Tensor,
+        species: Optional[Tensor] = None,
+        edge_index: Optional[Tensor] = None,
+        edge_vectors: Optional[Tensor] = None,
     ) -> Tuple[NIWParams, Tensor]:
         """The parameters and the squared feature distance d^2 (N,) they were built with."""
         node_feats, forces = self.backbone_inputs(node_feats, forces)
         distance_sq = self.feature_distance_sq(node_feats, species)
-        scalars, psi, psi_inv, log_det = self.covariance(node_feats)
+        feats = self.head_features(node_feats, edge_index, edge_vectors)
+        scalars, psi, psi_inv, log_det = self.covariance(feats)
         kappa = positive(scalars[:, 0], self.kappa_floor)
         kappa = kappa * self.density.evidence_factor(distance_sq)
         nu_w = positive(scalars[:, 1], self.nu_w_floor)

@@ -38,7 +38,8 @@ class ComponentwiseEvidentialHead(HeadBase):
     component, beta = c beta_net; identities until fitted.
 
     Args:
-        irreps_in: irreps of the backbone node features; its 1o channels are used.
+        irreps_in: irreps of the backbone node features; the 1o channels of ``head_irreps``
+            (the backbone's, or the geometric ones, see :class:`HeadBase`) are used.
         config: head hyperparameters (``kind == "eip"``).
         num_species: number of species of the per-element feature statistics.
 
@@ -49,11 +50,19 @@ class ComponentwiseEvidentialHead(HeadBase):
 
     kind: str = "eip"
 
-    def __init__(self, irreps_in, config: HeadConfig, num_species: int = 1):
-        super().__init__(irreps_in, num_species, config.force_objective == "detached")
-        self.irreps_in = str(o3.Irreps(irreps_in))
+    def __init__(
+        self,
+        irreps_in,
+        config: HeadConfig,
+        num_species: int = 1,
+        r_max: Optional[float] = None,
+        avg_num_neighbors: float = 1.0,
+    ):
+        super().__init__(irreps_in, config, num_species, r_max, avg_num_neighbors)
         self.feature_dim = o3.Irreps(irreps_in).dim
-        self.register_buffer("vector_index", vector_channel_index(irreps_in), persistent=False)
+        self.register_buffer(
+            "vector_index", vector_channel_index(self.head_irreps), persistent=False
+        )
         n_vec = self.vector_index.numel() // 3
         self.mlp = nn.Sequential(
             nn.Linear(n_vec, config.hidden), ShiftedSoftplus(), nn.Linear(config.hidden, 3)
@@ -63,19 +72,30 @@ class ComponentwiseEvidentialHead(HeadBase):
         self.lam = float(config.lam)
 
     def forward(
-        self, node_feats: Tensor, forces: Tensor, species: Optional[Tensor] = None
+        self,
+        node_feats: Tensor,
+        forces: Tensor,
+        species: Optional[Tensor] = None,
+        edge_index: Optional[Tensor] = None,
+        edge_vectors: Optional[Tensor] = None,
     ) -> NIGParams:
-        return self.forward_with_distance(node_feats, forces, species)[0]
+        return self.forward_with_distance(node_feats, forces, species, edge_index, edge_vectors)[0]
 
     def forward_with_distance(
-        self, node_feats: Tensor, forces: Tensor, species: Optional[Tensor] = None
+        self,
+        node_feats: Tensor,
+        forces: Tensor,
+        species: Optional[Tensor] = None,
+        edge_index: Optional[Tensor] = None,
+        edge_vectors: Optional[Tensor] = None,
     ) -> Tuple[NIGParams, Tensor]:
         """The parameters and the squared feature distance d^2 (N,) they were built with."""
         node_feats, forces = self.backbone_inputs(node_feats, forces)
         check_feature_dim(node_feats, self.feature_dim)
         distance_sq = self.feature_distance_sq(node_feats, species)
-        n = node_feats.shape[0]
-        vectors = node_feats[:, self.vector_index].reshape(n, -1, 3).transpose(1, 2)  # (N, 3, H)
+        feats = self.head_features(node_feats, edge_index, edge_vectors)
+        n = feats.shape[0]
+        vectors = feats[:, self.vector_index].reshape(n, -1, 3).transpose(1, 2)  # (N, 3, H)
         raw = self.mlp(vectors)  # (N, 3 components, 3 outputs)
         alpha = F.softplus(raw[..., 0]) + 1.0 + self.alpha_floor
         beta = F.softplus(raw[..., 1]) + self.beta_floor

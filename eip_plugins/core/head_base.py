@@ -1,6 +1,7 @@
 """What every head shares beyond its own parameterisation (SPEC §1c): the invariant descriptors
-of its input features, their per-element density (distance to the training atoms) and the
-recalibration scale.
+of its input features, their per-element density (distance to the training atoms), the
+recalibration scale, and, for backbones without vector features, the geometric front end that
+builds them (:mod:`.geometric_features`).
 """
 
 from typing import Dict, Optional, Tuple
@@ -9,9 +10,31 @@ import torch
 from torch import Tensor, nn
 
 from . import keys
+from ._e3nn import o3
+from .config import HeadConfig
 from .feature_density import FeatureDensity
+from .geometric_features import GeometricFeatures
 from .invariants import InvariantFeatures
+from .irreps_features import count_irreps
 from .recalibration import VarianceScale
+
+
+def reads_geometry(config: HeadConfig, irreps_in) -> bool:
+    """Whether a head of ``config`` on node features ``irreps_in`` builds geometric 1o/2e
+    features: always with ``geometric_features="always"``, and with ``"auto"`` when the backbone
+    has no 1o features.
+
+    Raises:
+        ValueError: for ``geometric_features="never"`` on features without 1o channels.
+    """
+    has_vectors = count_irreps(irreps_in, 1, -1) > 0
+    if config.geometric_features == "never" and not has_vectors:
+        raise ValueError(
+            f"the backbone's node features '{o3.Irreps(irreps_in)}' have no vector (1o) channels "
+            "and geometric_features='never': use geometric_features='auto' (the head builds "
+            "vector features from the geometry) or a backbone with l_max >= 1"
+        )
+    return config.geometric_features == "always" or not has_vectors
 
 
 class HeadBase(nn.Module):
@@ -19,28 +42,78 @@ class HeadBase(nn.Module):
 
     Args:
         irreps_in: irreps of the backbone node features the head reads.
+        config: the head's hyperparameters. With ``force_objective="detached"`` the head, while
+            training (``self.training``), reads detached node features and forces, so that its
+            loss sends no gradient into the backbone. In evaluation the inputs keep their graph:
+            sigma stays differentiable with respect to positions (UDD bias forces).
         num_species: number of species (elements / model types) of the per-element statistics.
+        r_max: the backbone's cutoff (A); needed when the head builds geometric features
+            (:func:`reads_geometry`).
+        avg_num_neighbors: the backbone's average number of neighbours (normalises the
+            geometric features' neighbour sum).
 
-        detach_backbone: while training (``self.training``), read detached node features and
-            forces, so that the head's loss sends no gradient into the backbone (the
-            ``"detached"`` force objective). In evaluation the inputs keep their graph: sigma
-            stays differentiable with respect to positions (UDD bias forces).
-
-    Submodules: ``invariants`` (:class:`InvariantFeatures`, D descriptors per atom), ``density``
-    (:class:`FeatureDensity`), ``variance_scale`` (:class:`VarianceScale`).
+    Submodules: ``invariants`` (:class:`InvariantFeatures`, D descriptors per atom of the
+    backbone's features), ``density`` (:class:`FeatureDensity`), ``variance_scale``
+    (:class:`VarianceScale`), ``geometry`` (:class:`GeometricFeatures` or ``None``).
+    Attributes: ``irreps_in`` (the backbone's features), ``head_irreps`` (what the
+    parameterisation reads: ``irreps_in``, plus the geometric channels when ``geometry`` is set).
     """
 
     detach_backbone: bool
 
-    def __init__(self, irreps_in, num_species: int = 1, detach_backbone: bool = False):
+    def __init__(
+        self,
+        irreps_in,
+        config: HeadConfig,
+        num_species: int = 1,
+        r_max: Optional[float] = None,
+        avg_num_neighbors: float = 1.0,
+    ):
         super().__init__()
-        self.detach_backbone = bool(detach_backbone)
+        self.detach_backbone = config.force_objective == "detached"
+        self.irreps_in = str(o3.Irreps(irreps_in))
         self.init_density(irreps_in, num_species)
+        if reads_geometry(config, irreps_in):
+            if r_max is None:
+                raise ValueError(
+                    "the head builds vector features from the geometry (the backbone's features "
+                    f"'{self.irreps_in}' have no 1o channels, or geometric_features='always'): "
+                    "it needs the backbone's cutoff r_max"
+                )
+            self.geometry = GeometricFeatures(
+                irreps_in, float(r_max), config.geometric_channels, float(avg_num_neighbors)
+            )
+            self.head_irreps = self.geometry.irreps_out
+        else:
+            self.geometry = None
+            self.head_irreps = self.irreps_in
 
     def __setstate__(self, state) -> None:
-        # heads pickled before the force objective existed trained the backbone through the NLL
+        # heads pickled before the force objective existed trained the backbone through the NLL;
+        # heads pickled before the geometric front end read the backbone's features only
         state.setdefault("detach_backbone", False)
+        if "geometry" not in state.get("_modules", {}):
+            state.setdefault("geometry", None)
         super().__setstate__(state)
+        if "head_irreps" not in self.__dict__ and "irreps_in" in self.__dict__:
+            self.head_irreps = self.irreps_in
+
+    def head_features(
+        self, node_feats: Tensor, edge_index: Optional[Tensor], edge_vectors: Optional[Tensor]
+    ) -> Tensor:
+        """What the parameterisation reads, (N, head_irreps.dim): ``node_feats``, with the
+        geometric channels appended when the head has a ``geometry`` module (it then needs
+        ``edge_index`` (2, E) [centre, neighbour] and ``edge_vectors`` (E, 3) A)."""
+        if self.geometry is not None:
+            if edge_index is None or edge_vectors is None:
+                raise ValueError(
+                    "this head builds vector features from the geometry: pass edge_index and "
+                    "edge_vectors (the backbone's neighbour list)"
+                )
+            if self.training:
+                edge_vectors = edge_vectors.detach()
+            return self.geometry(node_feats, edge_index, edge_vectors)
+        return node_feats
 
     def backbone_inputs(self, node_feats: Tensor, forces: Tensor) -> Tuple[Tensor, Tensor]:
         """``(node_feats, forces)``, detached while training with ``detach_backbone``."""

@@ -28,30 +28,47 @@ class EquivariantGaussianHead(HeadBase):
 
     kind: str = "mve"
 
-    def __init__(self, irreps_in, config: HeadConfig, num_species: int = 1):
-        super().__init__(irreps_in, num_species, config.force_objective == "detached")
+    def __init__(
+        self,
+        irreps_in,
+        config: HeadConfig,
+        num_species: int = 1,
+        r_max: Optional[float] = None,
+        avg_num_neighbors: float = 1.0,
+    ):
+        super().__init__(irreps_in, config, num_species, r_max, avg_num_neighbors)
         self.covariance = EquivariantCovarianceHead(
-            irreps_in,
+            self.head_irreps,
             hidden=config.hidden,
             n_scalars=0,
             psi0=config.psi0,
             learn_psi0=config.learn_psi0,
             max_log_scale=config.max_log_scale,
         )
-        self.irreps_in = self.covariance.irreps_in
 
     def forward(
-        self, node_feats: Tensor, forces: Tensor, species: Optional[Tensor] = None
+        self,
+        node_feats: Tensor,
+        forces: Tensor,
+        species: Optional[Tensor] = None,
+        edge_index: Optional[Tensor] = None,
+        edge_vectors: Optional[Tensor] = None,
     ) -> GaussianParams:
-        return self.forward_with_distance(node_feats, forces, species)[0]
+        return self.forward_with_distance(node_feats, forces, species, edge_index, edge_vectors)[0]
 
     def forward_with_distance(
-        self, node_feats: Tensor, forces: Tensor, species: Optional[Tensor] = None
+        self,
+        node_feats: Tensor,
+        forces: Tensor,
+        species: Optional[Tensor] = None,
+        edge_index: Optional[Tensor] = None,
+        edge_vectors: Optional[Tensor] = None,
     ) -> Tuple[GaussianParams, Tensor]:
         """The parameters and the squared feature distance d^2 (N,)."""
         node_feats, forces = self.backbone_inputs(node_feats, forces)
         distance_sq = self.feature_distance_sq(node_feats, species)
-        _, cov, cov_inv, log_det = self.covariance(node_feats)
+        feats = self.head_features(node_feats, edge_index, edge_vectors)
+        _, cov, cov_inv, log_det = self.covariance(feats)
         params = GaussianParams(forces, cov, cov_inv, log_det)
         return scale_gaussian(params, self.variance_scale.scale), distance_sq
 

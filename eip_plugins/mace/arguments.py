@@ -13,7 +13,13 @@ from __future__ import annotations
 import argparse
 
 from ..calibration import RECALIBRATION_CHOICES, CalibrationSettings
-from ..core.config import DEFAULT_LAMBDA, FORCE_OBJECTIVES, HEAD_KINDS, HeadConfig
+from ..core.config import (
+    DEFAULT_LAMBDA,
+    FORCE_OBJECTIVES,
+    GEOMETRIC_FEATURES,
+    HEAD_KINDS,
+    HeadConfig,
+)
 from ..core.feature_density import DEFAULT_POWER, DEFAULT_STRENGTH
 
 HEAD_CHOICES = ("none", *HEAD_KINDS)
@@ -102,6 +108,21 @@ def add_head_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help="bound of the log-scale of the SPD matrix (e2ip, mve)",
     )
     group.add_argument(
+        "--eip_geometric_features",
+        choices=GEOMETRIC_FEATURES,
+        default=_DEFAULTS.geometric_features,
+        help="auto: on scalar-only models (--max_L=0, --hidden_irreps='Cx0e', or "
+        "--num_interactions=1) the head builds its vector (1o) and l=2 features from the "
+        "neighbour list and MACE's invariant node features; always: also on top of MACE's 1o "
+        "features; never: read MACE's features only (scalar-only models are then refused)",
+    )
+    group.add_argument(
+        "--eip_geometric_channels",
+        type=int,
+        default=_DEFAULTS.geometric_channels,
+        help="number of geometric 1o and of 2e channels the head builds",
+    )
+    group.add_argument(
         "--eip_density_statistics",
         type=_str2bool,
         default=True,
@@ -172,6 +193,7 @@ _FLAG_OF_FIELD = {
     "nu_w_floor": "--eip_nu_w_floor",
     "psi0": "--eip_psi0",
     "max_log_scale": "--eip_max_log_scale",
+    "geometric_channels": "--eip_geometric_channels",
 }
 
 
@@ -187,6 +209,8 @@ def head_config_from_args(args, energy_weight: float | None = None) -> HeadConfi
         nu_w_floor=args.eip_nu_w_floor,
         max_log_scale=args.eip_max_log_scale,
         force_objective=getattr(args, "eip_force_objective", _DEFAULTS.force_objective),
+        geometric_features=getattr(args, "eip_geometric_features", _DEFAULTS.geometric_features),
+        geometric_channels=getattr(args, "eip_geometric_channels", _DEFAULTS.geometric_channels),
     )
     if args.eip_psi0 is not None:
         kwargs["psi0"] = args.eip_psi0
@@ -206,8 +230,9 @@ def validate_args(args) -> None:
 
     Raises :class:`HeadArgumentError` (one line, naming the flag or file) for: an invalid
     hyperparameter, a model other than MACE/ScaleShiftMACE, node features without vectors
-    (``--hidden_irreps`` with only scalars, or ``--num_interactions 1``), cuEquivariance/OEQ
-    acceleration, and a training/validation file without reference forces.
+    (``--hidden_irreps`` with only scalars, or ``--num_interactions 1``) together with
+    ``--eip_geometric_features=never``, cuEquivariance/OEQ acceleration, and a
+    training/validation file without reference forces.
     """
     if not head_enabled(args):
         return
@@ -232,18 +257,24 @@ def validate_args(args) -> None:
 
 
 def _check_irreps(args) -> None:
+    """Scalar-only node features are read through the head's geometric front end, unless
+    ``--eip_geometric_features=never``."""
     from ..core._e3nn import o3
 
+    if getattr(args, "eip_geometric_features", "auto") != "never":
+        return
     irreps = o3.Irreps(str(args.hidden_irreps))
     if not any(ir.l == 1 and ir.p == -1 for _, ir in irreps):
         raise HeadArgumentError(
-            f"--hidden_irreps='{irreps}': --head={args.head} reads vector (1o) node features; "
-            "use l_max >= 1, e.g. --hidden_irreps='32x0e+32x1o' or --max_L=1"
+            f"--hidden_irreps='{irreps}': with --eip_geometric_features=never --head={args.head} "
+            "reads MACE's vector (1o) node features; use l_max >= 1 (e.g. --max_L=1) or "
+            "--eip_geometric_features=auto"
         )
     if int(args.num_interactions) < 2:
         raise HeadArgumentError(
-            f"--num_interactions={args.num_interactions}: --head={args.head} needs >= 2 layers "
-            "(MACE's last layer carries scalars only)"
+            f"--num_interactions={args.num_interactions}: with --eip_geometric_features=never "
+            f"--head={args.head} needs >= 2 layers (MACE's last layer carries scalars only); "
+            "use --eip_geometric_features=auto"
         )
 
 

@@ -11,7 +11,9 @@ it (``MACEUQCalculator``, ``mace_eval_configs``, TorchScript compilation).
 Works for models trained with plain ``mace_run_train``, multi-head / foundation-style models
 given as a local file (pick the head with ``mace_head``), and models whose last layer carries
 scalars only (MACE's default): the head reads the vector (1o) features of the earlier layers in
-MACE's concatenated ``node_feats`` (see :mod:`eip_plugins.mace.model`).
+MACE's concatenated ``node_feats`` (see :mod:`eip_plugins.mace.model`). Scalar-only models
+(``--max_L=0``, one layer) get a head that builds its vector features from the geometry; the
+neighbour list is then cached with the features.
 """
 
 from __future__ import annotations
@@ -32,11 +34,20 @@ from ..attach import (
 from ..attach.verify import require_identical_predictions
 from ..calibration import CalibrationSettings
 from ..core.config import HeadConfig
+from ..core.head_base import reads_geometry
 from .calculator import load_model
 from .features import extract_features, frames_to_batches
 from .heads import select_mace_head
 
 log = logging.getLogger(__name__)
+
+
+def geometric_description(head: nn.Module) -> str:
+    """`` + HxIo + Hx2e built from the geometry`` for a head with a geometric front end."""
+    if getattr(head, "geometry", None) is None:
+        return ""
+    h = head.geometry.channels
+    return f" + {h}x1o + {h}x2e built from the neighbour list"
 
 
 def load_backbone(path, replace: bool = False) -> nn.Module:
@@ -118,7 +129,7 @@ def attach_head(
     The input model file is only read. The output is written to a temporary file in the same
     folder and renamed into place, and may not be the input file.
     """
-    from .model import EvidentialMACE
+    from .model import EvidentialMACE, node_feats_irreps
 
     check_output_path(model_path, output)
     config = HeadConfig(kind=head, **(head_options or {}))
@@ -133,7 +144,11 @@ def attach_head(
         p.requires_grad_(False)
 
     torch.manual_seed(seed)
-    budget = {"max_atoms_in_memory": max_atoms_in_memory}
+    try:
+        edges = reads_geometry(config, node_feats_irreps(backbone))
+    except ValueError as err:  # geometric_features=never on a scalar-only model
+        raise AttachError(f"{model_path}: {err}") from None
+    budget = {"max_atoms_in_memory": max_atoms_in_memory, "with_edges": edges}
     train = extract_features(backbone, train_frames, forces_key, mace_head, batch_size, **budget)
     valid = (
         extract_features(backbone, valid_frames, forces_key, mace_head, batch_size, **budget)
@@ -165,7 +180,8 @@ def attach_head(
     return {
         "head": head,
         # MACE's concatenated node_feats: every layer's output (the last one scalars only)
-        "features": f"node_feats of all {len(backbone.products)} layers: {model.node_feats_irreps}",
+        "features": f"node_feats of all {len(backbone.products)} layers: {model.node_feats_irreps}"
+        + geometric_description(model.head),
         "mace_head": model.eip_mace_head,
         **report,
         "output": str(output),

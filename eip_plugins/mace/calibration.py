@@ -42,14 +42,16 @@ def calibrate_loaded_model(model, train_loader, valid_loaders: dict, device, set
     """Calibrate an :class:`~eip_plugins.mace.model.EvidentialMACE` on MACE data loaders (a
     failure leaves the head as trained and is logged: the run still saves its model)."""
     backbone = model.model
+    edges = getattr(model.head, "geometry", None) is not None
 
     def valid_chunks():
         for loader in (valid_loaders or {}).values():
-            yield from feature_chunks(backbone, loader, device, labelled_only=True)
+            yield from feature_chunks(
+                backbone, loader, device, labelled_only=True, with_edges=edges
+            )
 
-    return calibrate_or_keep(  # logs what it fitted
-        model.head, feature_chunks(backbone, train_loader, device), valid_chunks(), settings
-    )
+    train_chunks = feature_chunks(backbone, train_loader, device, with_edges=edges)
+    return calibrate_or_keep(model.head, train_chunks, valid_chunks(), settings)  # logs it
 
 
 def load_model_with_head(path):
@@ -91,10 +93,11 @@ def calibrate_model(
     for p in model.parameters():
         p.requires_grad_(False)
 
+    edges = getattr(model.head, "geometry", None) is not None
+
     def chunks(frames):
-        return feature_chunks(
-            backbone, frames_to_batches(backbone, frames, forces_key, mace_head, batch_size)
-        )
+        batches = frames_to_batches(backbone, frames, forces_key, mace_head, batch_size)
+        return feature_chunks(backbone, batches, with_edges=edges)
 
     report = calibrate_head(
         model.head,

@@ -13,6 +13,7 @@ from torch import nn
 
 from ..attach import AttachError, FeatureCache, FeatureChunk
 from .heads import select_mace_head
+from .model import head_edges
 
 
 def frames_to_batches(
@@ -46,11 +47,16 @@ def frames_to_batches(
 
 
 def feature_chunks(
-    backbone: nn.Module, batches: Iterable, device=None, labelled_only: bool = False
+    backbone: nn.Module,
+    batches: Iterable,
+    device=None,
+    labelled_only: bool = False,
+    with_edges: bool = False,
 ) -> Iterator[FeatureChunk]:
     """Run the frozen ``backbone`` on each MACE batch: node features (N, F), forces (N, 3),
     reference forces (N, 3), structure index, species (index in the z-table, from the one-hot
-    ``node_attrs``).
+    ``node_attrs``), and with ``with_edges`` the neighbour list in the head's convention
+    (:func:`~eip_plugins.mace.model.head_edges`), for heads that build geometric features.
 
     ``labelled_only`` keeps only atoms of structures with a non-zero forces weight (MACE's
     ``weight * forces_weight``), e.g. for recalibration. Gradients are enabled for the forces even
@@ -63,6 +69,11 @@ def feature_chunks(
         with torch.enable_grad():
             out = backbone(batch.to_dict(), training=False, compute_force=True)
         forces = out["forces"].detach()
+        edge_index = edge_vectors = None
+        if with_edges:
+            edge_index, edge_vectors = head_edges(
+                batch.positions.detach(), batch.edge_index, batch.shifts
+            )
         chunk = FeatureChunk(
             out["node_feats"].detach(),
             forces,
@@ -70,6 +81,8 @@ def feature_chunks(
             batch.batch.detach(),
             int(batch.ptr.numel() - 1),
             torch.argmax(batch.node_attrs, dim=-1).detach(),
+            edge_index,
+            edge_vectors,
         )
         if labelled_only:
             weight = (batch.weight * batch.forces_weight)[batch.batch]
@@ -77,14 +90,7 @@ def feature_chunks(
             if not bool(keep.any()):
                 continue
             if not bool(keep.all()):
-                chunk = FeatureChunk(
-                    chunk.node_feats[keep],
-                    chunk.forces[keep],
-                    chunk.forces_ref[keep],
-                    chunk.batch[keep],
-                    chunk.num_graphs,
-                    chunk.species[keep],
-                )
+                chunk = chunk.atoms(keep)
         yield chunk
 
 
@@ -95,10 +101,11 @@ def extract_features(
     mace_head: str | None = None,
     batch_size: int = 16,
     max_atoms_in_memory: int = 2_000_000,
+    with_edges: bool = False,
 ) -> FeatureCache:
     """:func:`feature_chunks` of ``frames``, cached (streamed to disk past the memory budget)."""
     cache = FeatureCache(max_atoms_in_memory=max_atoms_in_memory)
     batches = frames_to_batches(backbone, frames, forces_key, mace_head, batch_size)
-    for chunk in feature_chunks(backbone, batches):
+    for chunk in feature_chunks(backbone, batches, with_edges=with_edges):
         cache.append(chunk)
     return cache

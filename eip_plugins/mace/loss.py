@@ -37,6 +37,7 @@ from ..calibration import CalibrationSettings
 from ..core.config import HeadConfig
 from ..core.metrics import force_error
 from ..core.predictive import predictive_distribution
+from .model import head_edges
 
 
 class EvidentialLoss(nn.Module):
@@ -76,7 +77,9 @@ class EvidentialLoss(nn.Module):
         head = self.head
         forces_ref = ref["forces"]
         batch = ref["batch"]
-        params = head(pred["node_feats"], pred["forces"], torch.argmax(ref["node_attrs"], dim=-1))
+        species = torch.argmax(ref["node_attrs"], dim=-1)
+        edges = head_edges(ref["positions"], ref["edge_index"], ref["shifts"])
+        params = head(pred["node_feats"], pred["forces"], species, *edges)
         atom_weight = (ref["weight"] * ref["forces_weight"])[batch]
         force_term = (atom_weight * head.force_loss(params, forces_ref)).mean()
         if self._records is not None:

@@ -31,7 +31,7 @@ parameter groups, descriptors in ``mace_eval_configs``) keeps working.
 from __future__ import annotations
 
 import json
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 from e3nn.util.jit import compile_mode
@@ -48,6 +48,25 @@ def node_feats_irreps(backbone: nn.Module) -> o3.Irreps:
     for product in backbone.products:
         irreps = irreps + o3.Irreps(str(product.linear.irreps_out))
     return irreps
+
+
+def avg_num_neighbors(backbone: nn.Module) -> float:
+    """MACE's ``avg_num_neighbors`` (the normalisation of its messages); 1 if not found."""
+    for interaction in getattr(backbone, "interactions", []):
+        value = getattr(interaction, "avg_num_neighbors", None)
+        if value is not None:
+            return float(value)
+    return 1.0
+
+
+def head_edges(positions: Tensor, edge_index: Tensor, shifts: Tensor) -> Tuple[Tensor, Tensor]:
+    """MACE's neighbour list in the head's convention: (2, E) [centre, neighbour] and the vectors
+    r_neighbour - r_centre (E, 3), A. MACE's messages go from ``sender = edge_index[0]`` to
+    ``receiver = edge_index[1]`` with vectors r_receiver - r_sender + shifts; the receiver is the
+    centre."""
+    sender, receiver = edge_index[0], edge_index[1]
+    vectors = positions[sender] - positions[receiver] - shifts
+    return torch.stack([receiver, sender]), vectors
 
 
 @compile_mode("script")
@@ -76,7 +95,13 @@ class EvidentialMACE(nn.Module):
         # the MACE head whose forces the head was fit to ("": all heads, as mace_run_train does)
         self.eip_mace_head = ""
         self.model = backbone
-        self.head = build_head(config, irreps, num_species=len(backbone.atomic_numbers))
+        self.head = build_head(
+            config,
+            irreps,
+            num_species=len(backbone.atomic_numbers),
+            r_max=float(backbone.r_max),
+            avg_num_neighbors=avg_num_neighbors(backbone),
+        )
 
     def forward(
         self,
@@ -108,7 +133,15 @@ class EvidentialMACE(nn.Module):
         if node_feats is not None and forces is not None:
             num_graphs = data["ptr"].numel() - 1
             species = torch.argmax(data["node_attrs"], dim=-1)
-            params, distance_sq = self.head.forward_with_distance(node_feats, forces, species)
+            if lammps_mliap:  # LAMMPS passes the edge vectors (receiver - sender) itself
+                edge_index, edge_vectors = data["edge_index"].flip(0), -data["vectors"]
+            else:
+                edge_index, edge_vectors = head_edges(
+                    data["positions"], data["edge_index"], data["shifts"]
+                )
+            params, distance_sq = self.head.forward_with_distance(
+                node_feats, forces, species, edge_index, edge_vectors
+            )
             fields = self.head.fields(params, data["batch"], num_graphs, distance_sq)
             for key, value in fields.items():
                 out[key] = value

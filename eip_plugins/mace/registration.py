@@ -246,9 +246,15 @@ def _wrap_configure_model(configure_model):
         state["head"] = model.head
         if "loss" in state:
             state["loss"].attach(model.head)
+        geometric = ""
+        if model.head.geometry is not None:
+            geometric = (
+                f", plus {model.head.geometry.channels}x1o + {model.head.geometry.channels}x2e "
+                "geometric features it builds from MACE's neighbour list"
+            )
         logging.info(
-            f"eip head {args.head} reads MACE node features of irreps {model.node_feats_irreps}; "
-            f"{sum(p.numel() for p in model.head.parameters())} head parameters"
+            f"eip head {args.head} reads MACE node features of irreps {model.node_feats_irreps}"
+            f"{geometric}; {sum(p.numel() for p in model.head.parameters())} head parameters"
         )
         return model, output_args
 

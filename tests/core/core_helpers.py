@@ -31,11 +31,28 @@ class ToyBackbone(torch.nn.Module):
         return torch.cat([scalars, vectors.reshape(len(positions), -1)], dim=-1)
 
 
-def make_head(kind: str, irreps, seed: int = 0, num_species: int = 1, **kwargs):
+def radius_graph(positions: torch.Tensor, r_max: float):
+    """All pairs closer than ``r_max`` (no self pairs): edge_index (2, E) [centre, neighbour],
+    edge_vectors (E, 3) = r_neighbour - r_centre, keeping the graph of ``positions``."""
+    distances = torch.cdist(positions.detach(), positions.detach())
+    mask = (distances < r_max) & ~torch.eye(len(positions), dtype=torch.bool)
+    edge_index = mask.nonzero().T.contiguous()
+    return edge_index, positions[edge_index[1]] - positions[edge_index[0]]
+
+
+def make_head(
+    kind: str,
+    irreps,
+    seed: int = 0,
+    num_species: int = 1,
+    r_max: float | None = None,
+    avg_num_neighbors: float = 1.0,
+    **kwargs,
+):
     """A head with non-trivial (randomised, larger than default) output-layer weights."""
     torch.manual_seed(seed)
     config = HeadConfig(kind=kind, hidden=8, **kwargs)
-    head = build_head(config, irreps, num_species=num_species).double()
+    head = build_head(config, irreps, num_species, r_max, avg_num_neighbors).double()
     with torch.no_grad():
         for p in head.parameters():
             if p.dim() > 0:

@@ -32,11 +32,30 @@ def test_invalid_udd_config(field, value):
         UDDConfig(**{field: value})
 
 
-def test_scalar_only_features_are_rejected():
-    with pytest.raises(ValueError, match="vector \\(1o\\) node features.*16x0e"):
-        build_head(HeadConfig(kind="e2ip"), "16x0e")
-    with pytest.raises(ValueError, match="16x0e"):
-        build_head(HeadConfig(kind="eip"), "16x0e")
+@pytest.mark.parametrize("kind", ["eip", "e2ip", "mve"])
+def test_scalar_only_features_need_the_cutoff_or_are_refused_with_never(kind):
+    """Scalar-only features are read through the geometric front end, which needs r_max;
+    geometric_features='never' refuses them, naming the irreps."""
+    with pytest.raises(ValueError, match="16x0e.*needs the backbone's cutoff r_max"):
+        build_head(HeadConfig(kind=kind), "16x0e")
+    with pytest.raises(ValueError, match="'16x0e' have no vector \\(1o\\).*'never'"):
+        build_head(HeadConfig(kind=kind, geometric_features="never"), "16x0e", r_max=5.0)
+    head = build_head(HeadConfig(kind=kind), "16x0e", r_max=5.0)
+    assert head.head_irreps == "16x0e+16x1o+16x2e"
+    with pytest.raises(ValueError, match="pass edge_index and edge_vectors"):
+        head(torch.randn(3, 16), torch.randn(3, 3))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"geometric_features": "sometimes"}, "geometric_features='sometimes'"),
+        ({"geometric_channels": 0}, "geometric_channels=0"),
+    ],
+)
+def test_invalid_geometric_settings(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        HeadConfig(**kwargs)
 
 
 @pytest.mark.parametrize("kind", ["eip", "e2ip", "mve"])

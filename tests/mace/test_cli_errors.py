@@ -41,10 +41,12 @@ def test_quantile_outside_unit_interval(tmp_path, data, quantile):
     _fails(tmp_path, data, ["--head=eip", f"--eip_quantile={quantile}"], "--eip_quantile")
 
 
-def test_scalar_only_hidden_irreps(tmp_path, data):
-    extra = ["--head=e2ip", "--hidden_irreps=16x0e"]
+def test_scalar_only_hidden_irreps_with_geometric_features_never(tmp_path, data):
+    """Scalar-only models train with the geometric front end (test_scalar_backbones); without
+    it they are refused with one line."""
+    extra = ["--head=e2ip", "--hidden_irreps=16x0e", "--eip_geometric_features=never"]
     last = _fails(tmp_path, data, extra, "--hidden_irreps")
-    assert "1o" in last
+    assert "1o" in last and "--eip_geometric_features=auto" in last
 
 
 def test_unknown_head_name(tmp_path, data):

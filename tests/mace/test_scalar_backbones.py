@@ -1,0 +1,187 @@
+"""Scalar-only MACE models (``--max_L=0``, one layer): the head builds its vector features from
+the geometry, trained with ``mace_run_train --head`` and attached with ``eip-attach mace``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+from mace_helpers import (
+    BIN,
+    COMMON_ARGS,
+    MACE_RUN_TRAIN,
+    cli_env,
+    log_text,
+    run_cli,
+    run_parallel,
+)
+
+from eip_plugins.core.udd import UDDConfig
+from eip_plugins.mace import MACEUQCalculator
+
+EIP_ATTACH = str(BIN / "eip-attach")
+
+# MACE's scalar-only configuration: --max_L=0 gives hidden irreps '16x0e'
+SCALAR_ARGS = [
+    "--model=MACE",
+    "--num_channels=16",
+    "--max_L=0",
+    "--r_max=4.0",
+    "--correlation=2",
+    "--max_ell=1",
+    "--num_radial_basis=6",
+]
+
+
+@pytest.fixture(scope="module")
+def scalar_runs(tmp_path_factory, data) -> dict:
+    """Concurrently: a 2-layer scalar-only MACE with --head=e2ip, and a plain 1-layer scalar-only
+    two-head model ('dft', 'xtb') for eip-attach."""
+    env = cli_env(OMP_NUM_THREADS="1")
+    trained = tmp_path_factory.mktemp("scalar_e2ip")
+    multi = tmp_path_factory.mktemp("scalar_multi")
+    frames, valid = ase.io.read(data["tiny_train"], ":"), ase.io.read(data["tiny_valid"], ":")
+    heads = {}
+    for i, name in enumerate(("dft", "xtb")):
+        ase.io.write(multi / f"{name}_train.xyz", frames[i::2])
+        ase.io.write(multi / f"{name}_valid.xyz", valid[i::2])
+        heads[name] = {
+            "train_file": str(multi / f"{name}_train.xyz"),
+            "valid_file": str(multi / f"{name}_valid.xyz"),
+            "E0s": "average",
+        }
+    head_cmd = [
+        MACE_RUN_TRAIN,
+        "--name=scalar",
+        f"--train_file={data['tiny_train']}",
+        f"--valid_file={data['tiny_valid']}",
+        *SCALAR_ARGS,
+        "--num_interactions=2",
+        *COMMON_ARGS,
+        "--max_num_epochs=3",
+        "--head=e2ip",
+    ]
+    multi_cmd = [
+        MACE_RUN_TRAIN,
+        "--name=multi",
+        f"--heads={json.dumps(heads)}",
+        *SCALAR_ARGS,
+        "--num_interactions=1",
+        *COMMON_ARGS,
+        "--max_num_epochs=2",
+    ]
+    run_parallel([(head_cmd, trained, env), (multi_cmd, multi, env)])
+    return {
+        "model": trained / "scalar.model",
+        "compiled": trained / "scalar_compiled.model",
+        "log": log_text(trained, "scalar"),
+        "multi": multi / "multi.model",
+    }
+
+
+def _rotation(seed: int = 0) -> np.ndarray:
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    return q * np.sign(np.linalg.det(q))
+
+
+def _results(calc, atoms) -> dict:
+    atoms = atoms.copy()
+    atoms.calc = calc
+    atoms.get_forces()
+    return dict(calc.results)
+
+
+def test_trained_head_reads_geometric_features(scalar_runs):
+    assert "plus 16x1o + 16x2e geometric features" in scalar_runs["log"]
+    model = torch.load(scalar_runs["model"], map_location="cpu", weights_only=False)
+    assert model.node_feats_irreps == "16x0e+16x0e"
+    assert model.head.geometry is not None and model.head.head_irreps.endswith("16x1o+16x2e")
+
+
+def test_covariance_rotates_and_compiled_model_agrees(scalar_runs, data):
+    """Sigma(R x) = R Sigma(x) R^T through MACE's neighbour list (float64 calculator); the
+    TorchScript model of mace_run_train gives the eager model's uncertainty."""
+    atoms = ase.io.read(data["test_300K"], 0)
+    eager = MACEUQCalculator(model_paths=str(scalar_runs["model"]), default_dtype="float64")
+    base = _results(eager, atoms)
+    rot = _rotation()
+    moved = atoms.copy()
+    moved.positions = atoms.positions @ rot.T
+    turned = _results(eager, moved)
+    np.testing.assert_allclose(turned["forces_uncertainty"], base["forces_uncertainty"], 1e-9)
+    for key in ("forces_epistemic_cov", "forces_aleatoric_cov"):
+        expected = rot @ base[key] @ rot.T
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(turned[key], expected, rtol=0, atol=1e-8 * scale)
+    compiled = MACEUQCalculator(model_paths=str(scalar_runs["compiled"]), default_dtype="float64")
+    np.testing.assert_allclose(
+        _results(compiled, atoms)["forces_uncertainty"], base["forces_uncertainty"], rtol=1e-6
+    )
+
+
+def test_udd_bias_forces_are_the_gradient_of_the_bias_energy(scalar_runs, data):
+    """With the limiter wide open (D large), the UDD bias force is -dE_bias/dr through the
+    geometric features: it matches central finite differences and sums to zero."""
+    atoms = ase.io.read(data["test_300K"], 0)
+    udd = UDDConfig(D=1e4)
+    calc = MACEUQCalculator(model_paths=str(scalar_runs["model"]), default_dtype="float64", udd=udd)
+    bias = _results(calc, atoms)["udd_bias_forces"]
+    assert np.isfinite(bias).all() and np.abs(bias).max() > 1e-6
+    np.testing.assert_allclose(bias.sum(0), 0.0, atol=1e-7 * np.abs(bias).sum())
+    h = 1e-4
+    for atom, axis in ((0, 0), (3, 2)):
+        energies = []
+        for step in (h, -h):
+            moved = atoms.copy()
+            moved.positions[atom, axis] += step
+            energies.append(_results(calc, moved)["udd_bias_energy"])
+        numeric = -(energies[0] - energies[1]) / (2 * h)
+        np.testing.assert_allclose(bias[atom, axis], numeric, rtol=1e-4, atol=1e-9)
+
+
+def test_attach_to_a_scalar_only_multi_head_model(scalar_runs, data, tmp_path):
+    """eip-attach on a one-layer '16x0e' two-head model: the reported features include the
+    geometric ones, the MACE head's forces stay bit-identical, eip attaches as well."""
+    from mace.calculators import MACECalculator
+
+    from eip_plugins.mace.attach import attach_head
+
+    out = tmp_path / "multi_e2ip.model"
+    cmd = [EIP_ATTACH, "mace", "--model", scalar_runs["multi"], "--mace_head", "xtb"]
+    cmd += ["--train_file", data["tiny_train"], "--output", out, "--max_epochs", "3"]
+    proc = run_cli(cmd, tmp_path)
+    assert "16x0e + 16x1o + 16x2e built from the neighbour list" in proc.stdout
+    atoms = ase.io.read(data["test_300K"], 0)
+    uq = MACEUQCalculator(model_paths=str(out), default_dtype="float64")
+    plain = MACECalculator(
+        model_paths=str(scalar_runs["multi"]), head="xtb", default_dtype="float64"
+    )
+    uq_results = _results(uq, atoms)
+    np.testing.assert_array_equal(uq_results["forces"], _results(plain, atoms)["forces"])
+    assert np.isfinite(uq_results["forces_uncertainty"]).all()
+
+    report = attach_head(
+        scalar_runs["multi"],
+        data["tiny_train"],
+        tmp_path / "eip.model",
+        head="eip",
+        mace_head="dft",
+        max_epochs=2,
+    )
+    assert report["features"].endswith("built from the neighbour list")
+    assert np.isfinite(report["after"]["nll"])
+
+
+def test_never_refuses_a_scalar_only_model(scalar_runs, data, tmp_path):
+    cmd = [EIP_ATTACH, "mace", "--model", scalar_runs["multi"], "--mace_head", "xtb"]
+    cmd += ["--train_file", data["tiny_train"], "--output", tmp_path / "o.model"]
+    cmd += ["--eip_geometric_features", "never"]
+    proc = run_cli(cmd, tmp_path, check=False)
+    assert proc.returncode == 2
+    last = proc.stderr.strip().splitlines()[-1]
+    assert str(scalar_runs["multi"]) in last and "'never'" in last and "16x0e" in last
+    assert not Path(tmp_path / "o.model").exists()
