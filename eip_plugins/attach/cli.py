@@ -146,9 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument(
         "--feature_layer",
         type=int,
-        default=-2,
-        help="convnet layer whose node features feed the head (default -2: NequIP's last "
-        "layer is scalars only)",
+        default=None,
+        help="convnet layer whose node features feed the head (default: -2, as NequIP's last "
+        "layer is scalars only; for l_max=0 models the last layer, read together with "
+        "geometric features built from the neighbour list)",
     )
     return p
 

@@ -203,21 +203,25 @@ def backbone_config(model_config: dict, replace: bool, path) -> dict:
     return plain
 
 
-def attached_model_config(backbone: dict, config: HeadConfig, feature_layer: int) -> dict:
+def attached_model_config(
+    backbone: dict, config: HeadConfig, feature_layer: int | None
+) -> dict:
     """The :func:`EvidentialHeadOnModel` config around a plain builder config."""
     inner = {k: v for k, v in backbone.items() if k not in _TOP_LEVEL_ARGS}
     top = {k: backbone[k] for k in _TOP_LEVEL_ARGS if backbone.get(k) is not None}
     missing = [k for k in ("seed", "model_dtype", "type_names", "r_max") if k not in top]
     if missing:
         raise AttachError(f"the model config lacks {missing}; it is not a NequIP model config")
-    return {
+    out = {
         "_target_": "eip_plugins.nequip.model.EvidentialHeadOnModel",
         **top,
         "head": config.kind,
         "head_options": {k: v for k, v in config.to_dict().items() if k != "kind"},
-        "feature_layer": int(feature_layer),
-        "backbone": inner,
     }
+    if feature_layer is not None:  # None: the builder's default layer
+        out["feature_layer"] = int(feature_layer)
+    out["backbone"] = inner
+    return out
 
 
 def _sole_model(module_dict, path) -> nn.Module:
@@ -292,7 +296,12 @@ def feature_layer_description(attached: nn.Module) -> str:
     i = names.index(_fields.HEAD_FEATURES)
     tapped = names[i - 1]
     irreps = getattr(network, _fields.HEAD_FEATURES).irreps_out[_fields.HEAD_FEATURES]
-    return f"node features of '{tapped}' ({irreps})"
+    description = f"node features of '{tapped}' ({irreps})"
+    geometry = attached.model.head.geometry
+    if geometry is not None:
+        h = geometry.channels
+        description += f" + {h}x1o + {h}x2e built from the neighbour list"
+    return description
 
 
 def _predict(model: nn.Module, frames, forces_key: str) -> dict[str, torch.Tensor]:
@@ -322,7 +331,7 @@ def attach_head(
     valid_file=None,
     replace: bool = False,
     forces_key: str = "REF_forces",
-    feature_layer: int = -2,
+    feature_layer: int | None = None,
     head_options: dict | None = None,
     max_epochs: int = 200,
     patience: int = 50,
@@ -381,14 +390,17 @@ def attach_head(
     check_identical(original, attached, check_frames, forces_key)
 
     torch.manual_seed(seed)
-    budget = {"max_atoms_in_memory": max_atoms_in_memory}
+    head_module = attached.model.head
+    budget = {
+        "max_atoms_in_memory": max_atoms_in_memory,
+        "with_edges": head_module.geometry is not None,
+    }
     train = extract_features(attached, train_frames, forces_key, batch_size, **budget)
     valid = (
         extract_features(attached, valid_frames, forces_key, batch_size, **budget)
         if valid_frames
         else None
     )
-    head_module = attached.model.head
     for p in head_module.parameters():
         p.requires_grad_(True)
     report = train_attached_head(

@@ -138,10 +138,12 @@ def calibrate_checkpoint_in_place(path, train_batches, valid_batches, settings, 
     from .attach import load_original
 
     model = load_original(path).to(device)
+    head = head_of(model)
+    edges = head.geometry is not None
     report = calibrate_or_keep(
-        head_of(model),
-        feature_chunks(model, train_batches()),
-        feature_chunks(model, valid_batches()),
+        head,
+        feature_chunks(model, train_batches(), edges),
+        feature_chunks(model, valid_batches(), edges),
         settings,
     )
     if report is None:  # logged; the checkpoint stays as it was written
@@ -197,7 +199,8 @@ def calibrate_checkpoint(
     valid_frames = read_labelled(valid_file, forces_key, known) if valid_file else None
 
     def chunks(frames):
-        return feature_chunks(model, frames_to_batches(model, frames, forces_key, batch_size))
+        batches = frames_to_batches(model, frames, forces_key, batch_size)
+        return feature_chunks(model, batches, head.geometry is not None)
 
     report = calibrate_head(
         head,

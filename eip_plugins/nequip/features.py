@@ -45,11 +45,15 @@ def loader_batches(loader: Iterable, device=None):
         yield batch, batch[AtomicDataDict.FORCE_KEY].detach().clone()
 
 
-def feature_chunks(model: nn.Module, batches: Iterable) -> Iterator[FeatureChunk]:
+def feature_chunks(
+    model: nn.Module, batches: Iterable, with_edges: bool = False
+) -> Iterator[FeatureChunk]:
     """Run ``model`` (a NequIP model with a head, eval mode) on each (batch, reference) pair and
     yield the node features the head reads (a forward hook on the feature tap), the model's
-    forces, the reference forces, the structure index and the atom types. Gradients are enabled
-    for the forces even when the caller runs under ``torch.no_grad``."""
+    forces, the reference forces, the structure index, the atom types and, ``with_edges``, the
+    neighbour list (``edge_index`` [centre, neighbour], ``edge_vectors``) for heads that build
+    geometric features. Gradients are enabled for the forces even when the caller runs under
+    ``torch.no_grad``."""
     from nequip.data import AtomicDataDict
 
     from .head_module import NodeFeatureTap
@@ -67,6 +71,10 @@ def feature_chunks(model: nn.Module, batches: Iterable) -> Iterator[FeatureChunk
                 out = model(batch)
             forces = out[AtomicDataDict.FORCE_KEY].detach()
             feats = captured.pop("f")
+            edge_index = edge_vectors = None
+            if with_edges:
+                edge_index = out[AtomicDataDict.EDGE_INDEX_KEY].detach()
+                edge_vectors = out[AtomicDataDict.EDGE_VECTORS_KEY].detach()
             yield FeatureChunk(
                 feats,
                 forces.to(feats.dtype),
@@ -74,6 +82,8 @@ def feature_chunks(model: nn.Module, batches: Iterable) -> Iterator[FeatureChunk
                 batch[AtomicDataDict.BATCH_KEY].detach(),
                 AtomicDataDict.num_frames(batch),
                 batch[AtomicDataDict.ATOM_TYPE_KEY].detach().reshape(-1),
+                edge_index,
+                edge_vectors,
             )
     finally:
         handle.remove()
@@ -85,9 +95,11 @@ def extract_features(
     forces_key: str = "REF_forces",
     batch_size: int = 16,
     max_atoms_in_memory: int = 2_000_000,
+    with_edges: bool = False,
 ) -> FeatureCache:
     """:func:`feature_chunks` of ``frames``, cached (streamed to disk past the memory budget)."""
     cache = FeatureCache(max_atoms_in_memory=max_atoms_in_memory)
-    for chunk in feature_chunks(model, frames_to_batches(model, frames, forces_key, batch_size)):
+    batches = frames_to_batches(model, frames, forces_key, batch_size)
+    for chunk in feature_chunks(model, batches, with_edges):
         cache.append(chunk)
     return cache

@@ -48,6 +48,9 @@ class EvidentialHeadOutput(GraphModuleMixin, torch.nn.Module):
         feature_field: the field written by :class:`NodeFeatureTap`.
         num_types: number of model types; the head's per-element feature statistics are indexed
             by the atom type (``atom_types``).
+        r_max: the model's cutoff (A) and ``avg_num_neighbors`` its average neighbour count:
+            used when the head builds geometric 1o/2e features from the neighbour list
+            (``edge_index``, ``edge_vectors``), i.e. for features without 1o channels.
 
     Output (added to ``func``'s): the five uncertainty fields of :mod:`eip_plugins.core.keys`,
     the feature distance fields (``forces_feature_distance``, ``feature_distance``,
@@ -65,6 +68,8 @@ class EvidentialHeadOutput(GraphModuleMixin, torch.nn.Module):
         head: Dict,
         feature_field: str = _fields.HEAD_FEATURES,
         num_types: int = 1,
+        r_max: Optional[float] = None,
+        avg_num_neighbors: float = 1.0,
     ):
         super().__init__()
         config = head if isinstance(head, HeadConfig) else HeadConfig(**dict(head))
@@ -77,7 +82,13 @@ class EvidentialHeadOutput(GraphModuleMixin, torch.nn.Module):
         self.feature_field = feature_field
         self.head_kind = config.kind
         self.head_config = config.to_dict()
-        self.head = build_head(config, func.irreps_out[feature_field], num_species=num_types)
+        self.head = build_head(
+            config,
+            func.irreps_out[feature_field],
+            num_species=num_types,
+            r_max=r_max,
+            avg_num_neighbors=avg_num_neighbors,
+        )
         irreps_out = dict(func.irreps_out)
         irreps_out.pop(feature_field)
         irreps_out.update(_fields.output_irreps(config.kind))
@@ -91,7 +102,11 @@ class EvidentialHeadOutput(GraphModuleMixin, torch.nn.Module):
         species = data[AtomicDataDict.ATOM_TYPE_KEY].reshape(-1)
         # forces are -dE/dpos in the dtype of the positions (float64 data for a float32 model)
         params, distance_sq = self.head.forward_with_distance(
-            feats, forces.to(feats.dtype), species
+            feats,
+            forces.to(feats.dtype),
+            species,
+            data[AtomicDataDict.EDGE_INDEX_KEY],
+            data[AtomicDataDict.EDGE_VECTORS_KEY],
         )
         if AtomicDataDict.BATCH_KEY in data:
             batch = data[AtomicDataDict.BATCH_KEY]

@@ -13,6 +13,7 @@ EMA, DDP and NequIP's own modifiers (they act on the wrapped modules) keep worki
 
 from typing import Any, Dict, Optional, Union
 
+import torch
 from hydra.utils import get_method
 from nequip.model import NequIPGNNModel, PresetNequIPGNNModel, model_builder
 from nequip.nn import ConvNetLayer, ForceStressOutput, GraphModel, SequentialGraphNetwork
@@ -71,19 +72,24 @@ def head_config(
 def attach_evidential_head(
     force_model: ForceStressOutput,
     config: HeadConfig,
-    feature_layer: int = -2,
+    feature_layer: Optional[int] = None,
     num_types: int = 1,
+    r_max: Optional[float] = None,
 ) -> EvidentialHeadOutput:
     """Tap the node features of a convnet layer and wrap ``force_model`` with the head.
 
     Args:
         force_model: a NequIP ``ForceStressOutput`` around a ``SequentialGraphNetwork``.
         config: the head configuration.
-        feature_layer: which ``ConvNetLayer`` to read (Python index over the convnet layers;
-            default ``-2``: NequIP's last layer outputs scalars only, the one before it is the
-            last with the vector (1o) features the head needs).
+        feature_layer: which ``ConvNetLayer`` to read (Python index over the convnet layers).
+            ``None`` (default): ``-2`` when that layer has vector (1o) features (NequIP's last
+            layer outputs scalars only, the one before it is the last with 1o features), else
+            the last layer, whose scalars the head then combines with geometric 1o/2e features
+            it builds from the neighbour list (``l_max: 0`` models, see
+            :mod:`eip_plugins.core.geometric_features`).
         num_types: number of model types (``len(type_names)``), for the head's per-type
             feature statistics.
+        r_max: the model's cutoff (A), for the geometric features.
     """
     if not isinstance(force_model, ForceStressOutput) or not force_model.do_derivatives:
         raise ValueError("the evidential head needs a model that predicts forces by autograd")
@@ -91,25 +97,53 @@ def attach_evidential_head(
     if not isinstance(energy_model, SequentialGraphNetwork):
         raise ValueError(f"unsupported energy model {type(energy_model).__name__}")
     layers = [name for name, m in energy_model.named_children() if isinstance(m, ConvNetLayer)]
+    if not layers:
+        raise ValueError("the model has no ConvNetLayer whose node features the head can read")
+    if feature_layer is None:
+        feature_layer = _default_feature_layer(energy_model, layers)
     try:
         layer = layers[feature_layer]
     except IndexError:
         raise ValueError(
-            f"feature_layer={feature_layer} is out of range for {len(layers)} convnet layers: "
-            "the head reads the vector (1o) node features of a layer before NequIP's last "
-            "(scalars-only) one, so use num_layers >= 2"
+            f"feature_layer={feature_layer} is out of range for {len(layers)} convnet layers "
+            f"(valid: -{len(layers)}..{len(layers) - 1}; leave it unset for the default)"
         ) from None
     irreps = getattr(energy_model, layer).irreps_out["node_features"]
-    if count_irreps(irreps, 1, -1) == 0:
+    if config.geometric_features == "never" and count_irreps(irreps, 1, -1) == 0:
         raise ValueError(
-            f"the evidential head needs vector (1o) node features, but convnet layer '{layer}' "
-            f"outputs '{irreps}'. NequIP's last layer is scalars only: use num_layers >= 2 and "
-            "l_max >= 1 (the head reads the layer before the last by default)."
+            f"the evidential head with geometric_features='never' needs vector (1o) node "
+            f"features, but convnet layer '{layer}' outputs '{irreps}'. NequIP's last layer is "
+            "scalars only: use num_layers >= 2 and l_max >= 1, or geometric_features: auto."
         )
     tap = NodeFeatureTap(irreps_in=getattr(energy_model, layer).irreps_out)
     energy_model.insert(_fields.HEAD_FEATURES, tap, after=layer)
     new_force_model = ForceStressOutput(energy_model, do_derivatives=True)
-    return EvidentialHeadOutput(new_force_model, config, num_types=num_types)
+    return EvidentialHeadOutput(
+        new_force_model,
+        config,
+        num_types=num_types,
+        r_max=r_max,
+        avg_num_neighbors=_avg_num_neighbors(energy_model),
+    )
+
+
+def _default_feature_layer(energy_model: SequentialGraphNetwork, layers) -> int:
+    """-2 when the layer before the last has 1o features, else -1 (the last layer)."""
+    if len(layers) >= 2:
+        irreps = getattr(energy_model, layers[-2]).irreps_out["node_features"]
+        if count_irreps(irreps, 1, -1) > 0:
+            return -2
+    return -1
+
+
+def _avg_num_neighbors(energy_model: torch.nn.Module) -> float:
+    """The average number of neighbours NequIP normalises its convolutions with (mean over
+    types of a per-type value); 1 when the model has no ``AvgNumNeighborsNorm``."""
+    for module in energy_model.modules():
+        norm_const = getattr(module, "norm_const", None)
+        if type(module).__name__ == "AvgNumNeighborsNorm" and norm_const is not None:
+            return float((1.0 / norm_const.double() ** 2).mean())
+    return 1.0
 
 
 @model_builder
@@ -117,7 +151,7 @@ def EvidentialNequIPGNNModel(
     head: Union[str, Dict[str, Any]] = "e2ip",
     head_options: Optional[Dict[str, Any]] = None,
     forces_rms: Optional[float] = None,
-    feature_layer: int = -2,
+    feature_layer: Optional[int] = None,
     **kwargs,
 ) -> GraphModel:
     """``nequip.model.NequIPGNNModel`` with an evidential force-uncertainty head.
@@ -127,9 +161,10 @@ def EvidentialNequIPGNNModel(
         head_options: other ``HeadConfig`` fields, e.g. ``{hidden: 32, quantile: 0.4}``.
         forces_rms: RMS of the training forces (eV/A), e.g. ``${training_data_stats:forces_rms}``;
             sets the initial psi0 = forces_rms^2 of the e2ip / mve SPD matrix.
-        feature_layer: convnet layer whose node features feed the head (default ``-2``).
+        feature_layer: convnet layer whose node features feed the head (default: ``-2``, or the
+            last layer for ``l_max: 0``; see :func:`attach_evidential_head`).
         **kwargs: every argument of ``NequIPGNNModel`` (``seed``, ``model_dtype``,
-            ``type_names``, ``r_max``, ``num_layers`` >= 2, ``l_max`` >= 1, ...).
+            ``type_names``, ``r_max``, ``num_layers``, ``l_max`` (0 too), ...).
 
     Returns:
         A ``GraphModel`` whose output adds the fields of :mod:`eip_plugins.nequip._fields`.
@@ -137,7 +172,7 @@ def EvidentialNequIPGNNModel(
     config = head_config(head, head_options, forces_rms)
     _register_for_packaging()
     return attach_evidential_head(
-        NequIPGNNModel(**kwargs), config, feature_layer, _num_types(kwargs)
+        NequIPGNNModel(**kwargs), config, feature_layer, _num_types(kwargs), kwargs.get("r_max")
     )
 
 
@@ -146,14 +181,18 @@ def EvidentialPresetNequIPGNNModel(
     head: Union[str, Dict[str, Any]] = "e2ip",
     head_options: Optional[Dict[str, Any]] = None,
     forces_rms: Optional[float] = None,
-    feature_layer: int = -2,
+    feature_layer: Optional[int] = None,
     **kwargs,
 ) -> GraphModel:
     """``nequip.model.PresetNequIPGNNModel`` (``preset: S/M/L/XL``) with an evidential head."""
     config = head_config(head, head_options, forces_rms)
     _register_for_packaging()
     return attach_evidential_head(
-        PresetNequIPGNNModel(**kwargs), config, feature_layer, _num_types(kwargs)
+        PresetNequIPGNNModel(**kwargs),
+        config,
+        feature_layer,
+        _num_types(kwargs),
+        kwargs.get("r_max"),
     )
 
 
@@ -176,7 +215,7 @@ def EvidentialHeadOnModel(
     per_edge_type_cutoff: Optional[Dict] = None,
     head: Union[str, Dict[str, Any]] = "e2ip",
     head_options: Optional[Dict[str, Any]] = None,
-    feature_layer: int = -2,
+    feature_layer: Optional[int] = None,
 ) -> GraphModel:
     """An evidential head on the model that another builder makes.
 
@@ -203,7 +242,8 @@ def EvidentialHeadOnModel(
             this builder's and are passed on).
         type_names, r_max (A), per_edge_type_cutoff: as for every NequIP builder.
         head, head_options: the head (see :func:`head_config`).
-        feature_layer: convnet layer whose node features feed the head (default ``-2``).
+        feature_layer: convnet layer whose node features feed the head (default: see
+            :func:`attach_evidential_head`).
     """
     config = head_config(head, head_options)
     backbone = dict(backbone)
@@ -217,5 +257,5 @@ def EvidentialHeadOnModel(
     _register_for_packaging()
     # an inner @model_builder call returns the raw force module (no GraphModel wrapper)
     return attach_evidential_head(
-        builder(**backbone, **shared), config, feature_layer, len(type_names)
+        builder(**backbone, **shared), config, feature_layer, len(type_names), r_max
     )

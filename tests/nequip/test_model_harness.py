@@ -8,8 +8,10 @@ isolated atoms, embedding cutoff, ``nequip-compile`` + ASE). Not included, see R
 ``TrainTimeCompileMixin`` (skips itself on CPU) and ``LAMMPSMLIAPIntegrationMixin`` (needs LAMMPS).
 
 Budget: the harness's ``test_ase_compile`` trains, packages and AOTInductor-compiles a model per
-parameter set, so it runs once (e2ip, float32, from a ``nequip-package`` file) in
-:class:`TestE2IPCompileHarness`; the cheap tests run for every head and both dtypes.
+parameter set, so it runs once (e2ip on an ``l_max: 0`` model, float32, from a ``nequip-package``
+file) in :class:`TestE2IPCompileHarness`; the l >= 1 models compile in ``conftest.Runs``. The
+cheap tests run for every head and both dtypes, and for e2ip/eip on ``l_max: 0`` (scalar-only)
+models, whose heads build their vector features from the neighbour list.
 """
 
 from __future__ import annotations
@@ -45,19 +47,21 @@ BASE_CONFIG = {
 }
 
 
-def _config(head: str) -> dict:
+def _config(head: str, l_max: int = 1) -> dict:
     config = copy.deepcopy(BASE_CONFIG)
     config["head"] = head
+    config["l_max"] = l_max
     return config
 
 
 class _EvidentialHarness(ASEIntegrationMixin):
     head = "e2ip"
+    l_max = 1
 
     @pytest.fixture(scope="class")
     @classmethod
     def config(cls):
-        return _config(cls.head)
+        return _config(cls.head, cls.l_max)
 
     @pytest.fixture
     def strict_locality(self):
@@ -129,18 +133,42 @@ class TestEIPModel(_Float64Only, _EvidentialHarness):
             instance.irreps_out.pop(keys.EIP_BETA)
 
 
+class TestE2IPScalarModel(_Float64Only, _EvidentialHarness):
+    """``l_max: 0``: every NequIP feature is a scalar; the head reads the last layer and builds
+    1o/2e features from the neighbour list (equivariance of the covariances, smoothness, periodic
+    images and isolated atoms are the harness's tests)."""
+
+    head = "e2ip"
+    l_max = 0
+
+    def test_head_builds_geometric_features(self, model):
+        instance, _, _ = model
+        head = instance.model.head
+        assert head.geometry is not None
+        assert head.irreps_in == "8x0e" and head.head_irreps == "8x0e+16x1o+16x2e"
+
+
+class TestEIPScalarModel(_Float64Only, _EvidentialHarness):
+    head = "eip"
+    l_max = 0
+    test_eip_fields_are_not_rotation_equivariant = (
+        TestEIPModel.test_eip_fields_are_not_rotation_equivariant
+    )
+
+
 def _test_names(cls) -> set[str]:
     return {n for c in cls.__mro__ for n in vars(c) if n.startswith("test_")}
 
 
 class TestE2IPCompileHarness(ASEIntegrationMixin):
     """``test_ase_compile``: nequip-train -> nequip-package -> nequip-compile --target ase_uq,
-    then checkpoint/package vs compiled calculators (energy, forces and uncertainties)."""
+    then checkpoint/package vs compiled calculators (energy, forces and uncertainties), on an
+    ``l_max: 0`` model (the geometric features go through packaging and AOTInductor)."""
 
     @pytest.fixture(scope="class")
     @classmethod
     def config(cls):
-        config = _config("e2ip")
+        config = _config("e2ip", l_max=0)
         config["forces_rms"] = 1.0
         return config
 

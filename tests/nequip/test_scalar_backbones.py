@@ -1,0 +1,135 @@
+"""Scalar-only NequIP models (``l_max: 0``): ``config_with_eip`` trains them with a head that
+builds its vector features from the neighbour list, and ``eip-attach nequip`` gives a plain one
+(checkpoint or ``nequip-package`` file) a head with bit-identical energies and forces."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+from nequip_helpers import BIN, DATA, REPO, cli_env, run_cli, train_args
+
+from eip_plugins.nequip import NequIPUQCalculator
+from eip_plugins.nequip.attach import _predict, load_original
+from eip_plugins.nequip.calibration import head_of
+
+EIP_ATTACH = str(BIN / "eip-attach")
+NEQUIP_PACKAGE = str(BIN / "nequip-package")
+PLAIN_CONFIG_DIR = REPO / "examples" / "benchmark" / "nequip_configs"
+SCALAR = ["++training_module.model.l_max=0"]
+
+
+def _run_together(jobs: list[tuple[list, Path]]) -> None:
+    """Run ``(cmd, cwd)`` concurrently, one thread each; raise with the output of a failure."""
+    procs = []
+    for cmd, cwd in jobs:
+        cwd.mkdir(parents=True, exist_ok=True)
+        log = open(cwd / "output.txt", "w")  # noqa: SIM115 - closed below
+        procs.append(
+            (
+                subprocess.Popen(
+                    [str(c) for c in cmd], cwd=cwd, env=cli_env(), stdout=log, stderr=log
+                ),
+                log,
+                cwd,
+            )
+        )
+    for proc, log, cwd in procs:
+        code = proc.wait(timeout=1200)
+        log.close()
+        if code != 0:
+            raise AssertionError((cwd / "output.txt").read_text()[-6000:])
+
+
+@pytest.fixture(scope="module")
+def scalar_runs(tmp_path_factory) -> dict:
+    """Concurrently: config_with_eip with l_max: 0 (e2ip, 2 epochs), and a plain one-layer
+    l_max: 0 model (the benchmark's plain config), which is then packaged."""
+    root = tmp_path_factory.mktemp("nequip_scalar")
+    trained, plain = root / "e2ip", root / "plain"
+    plain_cmd = [
+        BIN / "nequip-train",
+        "-cp",
+        PLAIN_CONFIG_DIR,
+        "-cn",
+        "plain",
+        f"++train_file={DATA / 'ethanol_train.xyz'}",
+        f"++val_file={DATA / 'ethanol_valid.xyz'}",
+        f"++test_file={DATA / 'ethanol_test_300K.xyz'}",
+        "++run=[train]",
+        "++max_epochs=2",
+        "++training_module.model.num_layers=1",
+        "++training_module.model.num_features=16",
+        *SCALAR,
+        f"hydra.run.dir={plain}",
+    ]
+    _run_together([(train_args(trained, "e2ip", 2, *SCALAR), root), (plain_cmd, root)])
+    package = root / "plain.nequip.zip"
+    run_cli(
+        [NEQUIP_PACKAGE, "build", plain / "best.ckpt", package],
+        cwd=root,
+    )
+    return {"trained": trained / "best.ckpt", "plain": plain / "best.ckpt", "package": package}
+
+
+def _rotation(seed: int = 0) -> np.ndarray:
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(3, 3)))
+    return q * np.sign(np.linalg.det(q))
+
+
+def _results(calc, atoms) -> dict:
+    atoms = atoms.copy()
+    atoms.calc = calc
+    atoms.get_forces()
+    return dict(calc.results)
+
+
+def test_config_with_eip_trains_a_scalar_only_model(scalar_runs):
+    model = load_original(scalar_runs["trained"])
+    head = head_of(model)
+    assert head.geometry is not None and head.irreps_in.endswith("x0e")
+    assert "1o" not in head.irreps_in and head.head_irreps.endswith("16x1o+16x2e")
+    calc = NequIPUQCalculator.from_saved_model(scalar_runs["trained"])
+    atoms = ase.io.read(DATA / "ethanol_test_300K.xyz", 0)
+    base = _results(calc, atoms)
+    rot = _rotation()
+    moved = atoms.copy()
+    moved.positions = atoms.positions @ rot.T
+    turned = _results(calc, moved)  # a float32 model: equivariant to float32 precision
+    np.testing.assert_allclose(turned["forces_uncertainty"], base["forces_uncertainty"], 1e-4)
+    expected = rot @ base["forces_aleatoric_cov"] @ rot.T
+    scale = np.abs(expected).max()
+    np.testing.assert_allclose(turned["forces_aleatoric_cov"], expected, rtol=0, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize(
+    "source, head", [("plain", "e2ip"), ("package", "eip")], ids=["checkpoint", "package"]
+)
+def test_attach_to_a_scalar_only_model(scalar_runs, source, head, tmp_path):
+    out = tmp_path / f"{head}.ckpt"
+    cmd = [EIP_ATTACH, "nequip", "--model", scalar_runs[source], "--head", head]
+    cmd += ["--train_file", DATA / "ethanol_train.xyz", "--output", out, "--max_epochs", "3"]
+    proc = run_cli(cmd, cwd=tmp_path)
+    assert "'layer0_convnet'" in proc.stdout  # the only (last) layer
+    assert "16x1o + 16x2e built from the neighbour list" in proc.stdout
+    frames = ase.io.read(DATA / "ethanol_test_1200K.xyz", ":6")
+    before = _predict(load_original(scalar_runs["plain"]), frames, "REF_forces")
+    after = _predict(load_original(out), frames, "REF_forces")
+    assert torch.equal(before["forces"], after["forces"])
+    assert torch.equal(before["energy"], after["energy"])
+    calc = NequIPUQCalculator.from_saved_model(out)
+    assert np.isfinite(_results(calc, frames[0])["forces_uncertainty"]).all()
+
+
+def test_never_refuses_a_scalar_only_model(scalar_runs, tmp_path):
+    cmd = [EIP_ATTACH, "nequip", "--model", scalar_runs["plain"], "--output", tmp_path / "o.ckpt"]
+    cmd += ["--train_file", DATA / "ethanol_train.xyz", "--eip_geometric_features", "never"]
+    proc = run_cli(cmd, cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    last = proc.stdout.strip().splitlines()[-1]
+    assert "geometric_features='never'" in last and "'layer0_convnet'" in last
+    assert not (tmp_path / "o.ckpt").exists()
