@@ -203,9 +203,7 @@ def backbone_config(model_config: dict, replace: bool, path) -> dict:
     return plain
 
 
-def attached_model_config(
-    backbone: dict, config: HeadConfig, feature_layer: int | None
-) -> dict:
+def attached_model_config(backbone: dict, config: HeadConfig, feature_layer: int | None) -> dict:
     """The :func:`EvidentialHeadOnModel` config around a plain builder config."""
     inner = {k: v for k, v in backbone.items() if k not in _TOP_LEVEL_ARGS}
     top = {k: backbone[k] for k in _TOP_LEVEL_ARGS if backbone.get(k) is not None}
