@@ -28,7 +28,7 @@ $(VENV_MACE)/.installed: pyproject.toml
 $(VENV_NEQUIP)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV_NEQUIP)
 	$(VENV_NEQUIP)/bin/pip install -q $(TORCH_SPEC)
-	$(VENV_NEQUIP)/bin/pip install -q -e ".[nequip,dev]"
+	$(VENV_NEQUIP)/bin/pip install -q -e ".[nequip,allegro,dev]"
 	touch $@
 
 lint: venv-mace

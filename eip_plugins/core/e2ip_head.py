@@ -36,15 +36,7 @@ class EquivariantEvidentialHead(HeadBase):
 
     kind: str = "e2ip"
 
-    def __init__(
-        self,
-        irreps_in,
-        config: HeadConfig,
-        num_species: int = 1,
-        r_max: Optional[float] = None,
-        avg_num_neighbors: float = 1.0,
-    ):
-        super().__init__(irreps_in, config, num_species, r_max, avg_num_neighbors)
+    def build(self, config: HeadConfig) -> None:
         self.covariance = EquivariantCovarianceHead(
             self.head_irreps,
             hidden=config.hidden,
@@ -56,16 +48,6 @@ class EquivariantEvidentialHead(HeadBase):
         self.nu_w_floor = float(config.nu_w_floor)
         self.kappa_floor = _KAPPA_FLOOR  # TorchScript cannot close over module-level floats
         self.lam = float(config.lam)
-
-    def forward(
-        self,
-        node_feats: Tensor,
-        forces: Tensor,
-        species: Optional[Tensor] = None,
-        edge_index: Optional[Tensor] = None,
-        edge_vectors: Optional[Tensor] = None,
-    ) -> NIWParams:
-        return self.forward_with_distance(node_feats, forces, species, edge_index, edge_vectors)[0]
 
     def forward_with_distance(
         self,

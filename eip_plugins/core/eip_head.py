@@ -50,16 +50,8 @@ class ComponentwiseEvidentialHead(HeadBase):
 
     kind: str = "eip"
 
-    def __init__(
-        self,
-        irreps_in,
-        config: HeadConfig,
-        num_species: int = 1,
-        r_max: Optional[float] = None,
-        avg_num_neighbors: float = 1.0,
-    ):
-        super().__init__(irreps_in, config, num_species, r_max, avg_num_neighbors)
-        self.feature_dim = o3.Irreps(irreps_in).dim
+    def build(self, config: HeadConfig) -> None:
+        self.feature_dim = o3.Irreps(self.irreps_in).dim
         self.register_buffer(
             "vector_index", vector_channel_index(self.head_irreps), persistent=False
         )
@@ -70,16 +62,6 @@ class ComponentwiseEvidentialHead(HeadBase):
         self.quantile = float(config.quantile)
         self.alpha_floor, self.beta_floor, self.nu_floor = _ALPHA_FLOOR, _BETA_FLOOR, _NU_FLOOR
         self.lam = float(config.lam)
-
-    def forward(
-        self,
-        node_feats: Tensor,
-        forces: Tensor,
-        species: Optional[Tensor] = None,
-        edge_index: Optional[Tensor] = None,
-        edge_vectors: Optional[Tensor] = None,
-    ) -> NIGParams:
-        return self.forward_with_distance(node_feats, forces, species, edge_index, edge_vectors)[0]
 
     def forward_with_distance(
         self,

@@ -38,7 +38,9 @@ def reads_geometry(config: HeadConfig, irreps_in) -> bool:
 
 
 class HeadBase(nn.Module):
-    """Base of the three heads.
+    """Base of the three heads. A head class implements ``build(config)`` (its own modules, on
+    features of irreps ``self.head_irreps``) and ``forward_with_distance``; the constructor,
+    ``forward`` and the shared parts are here.
 
     Args:
         irreps_in: irreps of the backbone node features the head reads.
@@ -87,6 +89,23 @@ class HeadBase(nn.Module):
         else:
             self.geometry = None
             self.head_irreps = self.irreps_in
+        self.build(config)
+
+    def build(self, config: HeadConfig) -> None:
+        """Create the head's own modules (reading ``self.head_irreps`` features)."""
+        raise NotImplementedError
+
+    def forward(
+        self,
+        node_feats: Tensor,
+        forces: Tensor,
+        species: Optional[Tensor] = None,
+        edge_index: Optional[Tensor] = None,
+        edge_vectors: Optional[Tensor] = None,
+    ):
+        """The head's parameters (a NamedTuple of per-atom tensors): see
+        ``forward_with_distance``."""
+        return self.forward_with_distance(node_feats, forces, species, edge_index, edge_vectors)[0]
 
     def __setstate__(self, state) -> None:
         # heads pickled before the force objective existed trained the backbone through the NLL;

@@ -28,15 +28,7 @@ class EquivariantGaussianHead(HeadBase):
 
     kind: str = "mve"
 
-    def __init__(
-        self,
-        irreps_in,
-        config: HeadConfig,
-        num_species: int = 1,
-        r_max: Optional[float] = None,
-        avg_num_neighbors: float = 1.0,
-    ):
-        super().__init__(irreps_in, config, num_species, r_max, avg_num_neighbors)
+    def build(self, config: HeadConfig) -> None:
         self.covariance = EquivariantCovarianceHead(
             self.head_irreps,
             hidden=config.hidden,
@@ -45,16 +37,6 @@ class EquivariantGaussianHead(HeadBase):
             learn_psi0=config.learn_psi0,
             max_log_scale=config.max_log_scale,
         )
-
-    def forward(
-        self,
-        node_feats: Tensor,
-        forces: Tensor,
-        species: Optional[Tensor] = None,
-        edge_index: Optional[Tensor] = None,
-        edge_vectors: Optional[Tensor] = None,
-    ) -> GaussianParams:
-        return self.forward_with_distance(node_feats, forces, species, edge_index, edge_vectors)[0]
 
     def forward_with_distance(
         self,

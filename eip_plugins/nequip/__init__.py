@@ -5,6 +5,8 @@ import only registers the output fields and the ``ase_uq`` compile target. Every
 loaded on first attribute access:
 
 - :func:`EvidentialNequIPGNNModel` -- model builder (``training_module.model._target_``);
+- :func:`EvidentialAllegroModel` -- the same for ``allegro.model.AllegroModel``
+  (``pip install "eip-plugins[allegro]"``);
 - :func:`EvidentialHeadOnModel` -- a head on any builder's model (written by ``eip-attach``);
 - :func:`EvidentialLoss` -- ``training_module.loss``;
 - :func:`EvidentialMetrics` -- ``val_metrics`` / ``test_metrics``;
@@ -35,6 +37,8 @@ except ModuleNotFoundError as err:
 _LAZY = {
     "EvidentialNequIPGNNModel": ".model",
     "EvidentialPresetNequIPGNNModel": ".model",
+    "EvidentialAllegroModel": ".model",
+    "EdgeFeatureTap": ".head_module",
     "EvidentialHeadOnModel": ".model",
     "attach_evidential_head": ".model",
     "EvidentialHeadOutput": ".head_module",

@@ -52,6 +52,8 @@ _HEAD_BUILDERS = {
     "eip_plugins.nequip.model.EvidentialNequIPGNNModel": "nequip.model.NequIPGNNModel",
     "eip_plugins.nequip.EvidentialPresetNequIPGNNModel": "nequip.model.PresetNequIPGNNModel",
     "eip_plugins.nequip.model.EvidentialPresetNequIPGNNModel": "nequip.model.PresetNequIPGNNModel",
+    "eip_plugins.nequip.EvidentialAllegroModel": "allegro.model.AllegroModel",
+    "eip_plugins.nequip.model.EvidentialAllegroModel": "allegro.model.AllegroModel",
 }
 _ATTACHED_BUILDERS = {
     "eip_plugins.nequip.EvidentialHeadOnModel",
@@ -293,8 +295,11 @@ def feature_layer_description(attached: nn.Module) -> str:
     names = list(dict(network.named_children()))
     i = names.index(_fields.HEAD_FEATURES)
     tapped = names[i - 1]
-    irreps = getattr(network, _fields.HEAD_FEATURES).irreps_out[_fields.HEAD_FEATURES]
+    tap = getattr(network, _fields.HEAD_FEATURES)
+    irreps = tap.irreps_out[_fields.HEAD_FEATURES]
     description = f"node features of '{tapped}' ({irreps})"
+    if type(tap).__name__ == "EdgeFeatureTap":
+        description = f"per-atom sums of the edge latents of '{tapped}' ({irreps})"
     geometry = attached.model.head.geometry
     if geometry is not None:
         h = geometry.channels

@@ -56,11 +56,11 @@ def feature_chunks(
     ``torch.no_grad``."""
     from nequip.data import AtomicDataDict
 
-    from .head_module import NodeFeatureTap
+    from .head_module import EdgeFeatureTap, NodeFeatureTap
 
-    taps = [m for m in model.modules() if isinstance(m, NodeFeatureTap)]
+    taps = [m for m in model.modules() if isinstance(m, (NodeFeatureTap, EdgeFeatureTap))]
     if not taps:
-        raise ValueError("the model has no evidential head (no node feature tap)")
+        raise ValueError("the model has no evidential head (no feature tap)")
     captured = {}
     handle = taps[0].register_forward_hook(
         lambda _m, _i, out: captured.update(f=out[_fields.HEAD_FEATURES].detach())

@@ -2,6 +2,8 @@
 
 - :class:`NodeFeatureTap` copies the node features of one interaction layer to a private field
   (keeping the autograd graph, unlike ``nequip.nn.SaveForOutput``).
+- :class:`EdgeFeatureTap` does the same for models whose features live on the edges (Allegro):
+  the per-atom sum of the scalar edge latents around each atom.
 - :class:`EvidentialHeadOutput` wraps the force model (``ForceStressOutput``), runs the core head
   on the tapped features and the conservative forces, and writes the uncertainty fields and the
   head parameters into the output dict (the loss reads the parameters from there).
@@ -35,6 +37,43 @@ class NodeFeatureTap(GraphModuleMixin, torch.nn.Module):
 
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         data[self.out_field] = data[AtomicDataDict.NODE_FEATURES_KEY]
+        return data
+
+
+class EdgeFeatureTap(GraphModuleMixin, torch.nn.Module):
+    """Per-atom invariants of a model with per-edge scalar latents (Allegro): h_i = 1/n_avg
+    sum_j x_ij over the edges centred on atom i (``edge_index[0]``, NequIP's convention, as
+    Allegro's own ``EdgewiseReduce``), written to ``out_field`` (N, C) with the graph kept.
+
+    Args:
+        in_field: the per-edge scalar features (E, C), irreps ``Cx0e``.
+        avg_num_neighbors: n_avg, the normalisation of the sum.
+    """
+
+    in_field: str
+    out_field: str
+
+    def __init__(
+        self,
+        in_field: str = AtomicDataDict.EDGE_FEATURES_KEY,
+        out_field: str = _fields.HEAD_FEATURES,
+        avg_num_neighbors: float = 1.0,
+        irreps_in=None,
+    ):
+        super().__init__()
+        self.in_field, self.out_field = in_field, out_field
+        self.norm = 1.0 / float(avg_num_neighbors)
+        self._init_irreps(irreps_in=irreps_in, required_irreps_in=[in_field])
+        irreps = self.irreps_in[in_field]
+        if any(ir.l != 0 or ir.p != 1 for _, ir in irreps):
+            raise ValueError(f"the edge features `{in_field}` are {irreps}: expected scalars")
+        self.irreps_out[out_field] = irreps
+
+    def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
+        edge_feats = data[self.in_field]
+        centre = data[AtomicDataDict.EDGE_INDEX_KEY][0]
+        zeros = edge_feats.new_zeros((AtomicDataDict.num_nodes(data), edge_feats.shape[1]))
+        data[self.out_field] = zeros.index_add(0, centre, edge_feats) * self.norm
         return data
 
 

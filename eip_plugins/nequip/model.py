@@ -22,7 +22,10 @@ from eip_plugins.core import HeadConfig
 from eip_plugins.core.irreps_features import count_irreps
 
 from . import _fields
-from .head_module import EvidentialHeadOutput, NodeFeatureTap
+from .head_module import EdgeFeatureTap, EvidentialHeadOutput, NodeFeatureTap
+
+# modules whose output is per-edge scalar latents the head sums per atom (nequip-allegro)
+EDGE_MODULES = ("Allegro_Module",)
 
 
 def _register_for_packaging() -> None:
@@ -81,8 +84,9 @@ def attach_evidential_head(
     Args:
         force_model: a NequIP ``ForceStressOutput`` around a ``SequentialGraphNetwork``.
         config: the head configuration.
-        feature_layer: which ``ConvNetLayer`` to read (Python index over the convnet layers).
-            ``None`` (default): ``-2`` when that layer has vector (1o) features (NequIP's last
+        feature_layer: which ``ConvNetLayer`` to read (Python index over the convnet layers;
+            an Allegro model has none: its per-edge latents are summed around each atom,
+            :class:`EdgeFeatureTap`). ``None`` (default): ``-2`` when that layer has vector (1o) features (NequIP's last
             layer outputs scalars only, the one before it is the last with 1o features), else
             the last layer, whose scalars the head then combines with geometric 1o/2e features
             it builds from the neighbour list (``l_max: 0`` models, see
@@ -96,26 +100,46 @@ def attach_evidential_head(
     energy_model = force_model.func
     if not isinstance(energy_model, SequentialGraphNetwork):
         raise ValueError(f"unsupported energy model {type(energy_model).__name__}")
+    avg_num_neighbors = _avg_num_neighbors(energy_model)
     layers = [name for name, m in energy_model.named_children() if isinstance(m, ConvNetLayer)]
-    if not layers:
-        raise ValueError("the model has no ConvNetLayer whose node features the head can read")
-    if feature_layer is None:
-        feature_layer = _default_feature_layer(energy_model, layers)
-    try:
-        layer = layers[feature_layer]
-    except IndexError:
-        raise ValueError(
-            f"feature_layer={feature_layer} is out of range for {len(layers)} convnet layers "
-            f"(valid: -{len(layers)}..{len(layers) - 1}; leave it unset for the default)"
-        ) from None
-    irreps = getattr(energy_model, layer).irreps_out["node_features"]
+    edge_layers = [
+        name for name, m in energy_model.named_children() if type(m).__name__ in EDGE_MODULES
+    ]
+    if not layers and edge_layers:  # Allegro: per-edge latents, summed around each atom
+        if feature_layer not in (None, -1):
+            raise ValueError(
+                f"feature_layer={feature_layer}: an Allegro model has one feature module "
+                f"('{edge_layers[-1]}'), leave feature_layer unset"
+            )
+        layer = edge_layers[-1]
+        tap = EdgeFeatureTap(
+            avg_num_neighbors=avg_num_neighbors, irreps_in=getattr(energy_model, layer).irreps_out
+        )
+    else:
+        if not layers:
+            raise ValueError(
+                "the model has neither NequIP's ConvNetLayer nor Allegro's module: the head "
+                "cannot find its features"
+            )
+        if feature_layer is None:
+            feature_layer = _default_feature_layer(energy_model, layers)
+        try:
+            layer = layers[feature_layer]
+        except IndexError:
+            raise ValueError(
+                f"feature_layer={feature_layer} is out of range for {len(layers)} convnet "
+                f"layers (valid: -{len(layers)}..{len(layers) - 1}; leave it unset for the "
+                "default)"
+            ) from None
+        tap = NodeFeatureTap(irreps_in=getattr(energy_model, layer).irreps_out)
+    irreps = tap.irreps_out[_fields.HEAD_FEATURES]
     if config.geometric_features == "never" and count_irreps(irreps, 1, -1) == 0:
         raise ValueError(
             f"the evidential head with geometric_features='never' needs vector (1o) node "
-            f"features, but convnet layer '{layer}' outputs '{irreps}'. NequIP's last layer is "
-            "scalars only: use num_layers >= 2 and l_max >= 1, or geometric_features: auto."
+            f"features, but '{layer}' gives '{irreps}' (NequIP's last layer and Allegro's "
+            "per-atom sums are scalars only): use geometric_features: auto, or a NequIP model "
+            "with num_layers >= 2 and l_max >= 1"
         )
-    tap = NodeFeatureTap(irreps_in=getattr(energy_model, layer).irreps_out)
     energy_model.insert(_fields.HEAD_FEATURES, tap, after=layer)
     new_force_model = ForceStressOutput(energy_model, do_derivatives=True)
     return EvidentialHeadOutput(
@@ -123,7 +147,7 @@ def attach_evidential_head(
         config,
         num_types=num_types,
         r_max=r_max,
-        avg_num_neighbors=_avg_num_neighbors(energy_model),
+        avg_num_neighbors=avg_num_neighbors,
     )
 
 
@@ -193,6 +217,38 @@ def EvidentialPresetNequIPGNNModel(
         feature_layer,
         _num_types(kwargs),
         kwargs.get("r_max"),
+    )
+
+
+@model_builder
+def EvidentialAllegroModel(
+    head: Union[str, Dict[str, Any]] = "e2ip",
+    head_options: Optional[Dict[str, Any]] = None,
+    forces_rms: Optional[float] = None,
+    **kwargs,
+) -> GraphModel:
+    """``allegro.model.AllegroModel`` (the ``nequip-allegro`` package) with an evidential head.
+
+    Allegro's features are per-edge scalar latents and tensor tracks, not per-atom 1o features:
+    the head sums the scalar latents of the edges around each atom (:class:`EdgeFeatureTap`)
+    and builds its vector and l = 2 features from the neighbour list
+    (:mod:`eip_plugins.core.geometric_features`).
+
+    Args:
+        head, head_options, forces_rms: as for :func:`EvidentialNequIPGNNModel`.
+        **kwargs: every argument of ``AllegroModel`` (``seed``, ``model_dtype``, ``type_names``,
+            ``r_max``, ``l_max``, ``radial_chemical_embed``, ``num_layers``, ...).
+    """
+    try:
+        from allegro.model import AllegroModel
+    except ImportError:
+        raise ImportError(
+            'EvidentialAllegroModel needs nequip-allegro: pip install "eip-plugins[allegro]"'
+        ) from None
+    config = head_config(head, head_options, forces_rms)
+    _register_for_packaging()
+    return attach_evidential_head(
+        AllegroModel(**kwargs), config, None, _num_types(kwargs), kwargs.get("r_max")
     )
 
 

@@ -58,6 +58,35 @@ def run_cli(cmd, cwd: Path, env: dict | None = None, timeout: int = 900, check: 
     return proc
 
 
+def run_parallel(jobs: list[tuple[list, Path]], timeout: int = 1200) -> None:
+    """Run ``(cmd, cwd)`` jobs concurrently, one thread each (output in ``cwd/output.txt``);
+    raise with the output of the first that fails."""
+    procs = []
+    for cmd, cwd in jobs:
+        cwd.mkdir(parents=True, exist_ok=True)
+        log = open(cwd / "output.txt", "w")  # noqa: SIM115 - closed below
+        proc = subprocess.Popen(
+            [str(c) for c in cmd], cwd=cwd, env=cli_env(), stdout=log, stderr=log
+        )
+        procs.append((proc, log, cwd))
+    failures = []
+    for proc, log, cwd in procs:
+        code = proc.wait(timeout=timeout)
+        log.close()
+        if code != 0:
+            failures.append((cwd / "output.txt").read_text()[-6000:])
+    if failures:
+        raise AssertionError("\n\n".join(failures))
+
+
+def calculator_results(calc, atoms) -> dict:
+    """``calc.results`` after a force call on a copy of ``atoms``."""
+    atoms = atoms.copy()
+    atoms.calc = calc
+    atoms.get_forces()
+    return dict(calc.results)
+
+
 def train_args(run_dir: Path, head: str, epochs: int, *extra) -> list:
     return [
         NEQUIP_TRAIN,

@@ -156,6 +156,43 @@ class TestEIPScalarModel(_Float64Only, _EvidentialHarness):
     )
 
 
+ALLEGRO_CONFIG = {
+    "_target_": "eip_plugins.nequip.EvidentialAllegroModel",
+    "seed": 123,
+    "type_names": ["H", "C", "O"],
+    "r_max": 4.0,
+    "l_max": 1,
+    "radial_chemical_embed": {"_target_": "allegro.nn.TwoBodyBesselScalarEmbed", "num_bessels": 4},
+    "radial_chemical_embed_dim": 8,
+    "num_layers": 1,
+    "num_scalar_features": 8,
+    "num_tensor_features": 4,
+    "allegro_mlp_hidden_layers_width": 8,
+    "readout_mlp_hidden_layers_width": 8,
+    "avg_num_neighbors": 10.0,
+    "per_type_energy_scales": {"H": 1.0, "C": 1.5, "O": 2.0},
+    "per_type_energy_shifts": {"H": -1.0, "C": -3.0, "O": -5.0},
+    "head_options": {"hidden": 8},
+}
+
+
+class TestE2IPAllegroModel(_Float64Only, _EvidentialHarness):
+    """An Allegro backbone (nequip-allegro): the head sums its per-edge scalar latents around
+    each atom and builds vector features from the neighbour list."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def config(cls):
+        return {**copy.deepcopy(ALLEGRO_CONFIG), "head": "e2ip"}
+
+    def test_head_reads_the_edge_latents(self, model):
+        instance, _, _ = model
+        network = instance.model.func.func
+        names = [name for name, _ in network.named_children()]
+        assert names[names.index("eip_head_features") - 1] == "allegro"
+        assert instance.model.head.geometry is not None
+
+
 def _test_names(cls) -> set[str]:
     return {n for c in cls.__mro__ for n in vars(c) if n.startswith("test_")}
 

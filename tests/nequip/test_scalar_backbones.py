@@ -4,14 +4,19 @@ builds its vector features from the neighbour list, and ``eip-attach nequip`` gi
 
 from __future__ import annotations
 
-import subprocess
-from pathlib import Path
-
 import ase.io
 import numpy as np
 import pytest
 import torch
-from nequip_helpers import BIN, DATA, REPO, cli_env, run_cli, train_args
+from nequip_helpers import (
+    BIN,
+    DATA,
+    REPO,
+    calculator_results,
+    run_cli,
+    run_parallel,
+    train_args,
+)
 
 from eip_plugins.nequip import NequIPUQCalculator
 from eip_plugins.nequip.attach import _predict, load_original
@@ -21,28 +26,6 @@ EIP_ATTACH = str(BIN / "eip-attach")
 NEQUIP_PACKAGE = str(BIN / "nequip-package")
 PLAIN_CONFIG_DIR = REPO / "examples" / "benchmark" / "nequip_configs"
 SCALAR = ["++training_module.model.l_max=0"]
-
-
-def _run_together(jobs: list[tuple[list, Path]]) -> None:
-    """Run ``(cmd, cwd)`` concurrently, one thread each; raise with the output of a failure."""
-    procs = []
-    for cmd, cwd in jobs:
-        cwd.mkdir(parents=True, exist_ok=True)
-        log = open(cwd / "output.txt", "w")  # noqa: SIM115 - closed below
-        procs.append(
-            (
-                subprocess.Popen(
-                    [str(c) for c in cmd], cwd=cwd, env=cli_env(), stdout=log, stderr=log
-                ),
-                log,
-                cwd,
-            )
-        )
-    for proc, log, cwd in procs:
-        code = proc.wait(timeout=1200)
-        log.close()
-        if code != 0:
-            raise AssertionError((cwd / "output.txt").read_text()[-6000:])
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +50,7 @@ def scalar_runs(tmp_path_factory) -> dict:
         *SCALAR,
         f"hydra.run.dir={plain}",
     ]
-    _run_together([(train_args(trained, "e2ip", 2, *SCALAR), root), (plain_cmd, root)])
+    run_parallel([(train_args(trained, "e2ip", 2, *SCALAR), root), (plain_cmd, root)])
     package = root / "plain.nequip.zip"
     run_cli(
         [NEQUIP_PACKAGE, "build", plain / "best.ckpt", package],
@@ -81,13 +64,6 @@ def _rotation(seed: int = 0) -> np.ndarray:
     return q * np.sign(np.linalg.det(q))
 
 
-def _results(calc, atoms) -> dict:
-    atoms = atoms.copy()
-    atoms.calc = calc
-    atoms.get_forces()
-    return dict(calc.results)
-
-
 def test_config_with_eip_trains_a_scalar_only_model(scalar_runs):
     model = load_original(scalar_runs["trained"])
     head = head_of(model)
@@ -95,11 +71,11 @@ def test_config_with_eip_trains_a_scalar_only_model(scalar_runs):
     assert "1o" not in head.irreps_in and head.head_irreps.endswith("16x1o+16x2e")
     calc = NequIPUQCalculator.from_saved_model(scalar_runs["trained"])
     atoms = ase.io.read(DATA / "ethanol_test_300K.xyz", 0)
-    base = _results(calc, atoms)
+    base = calculator_results(calc, atoms)
     rot = _rotation()
     moved = atoms.copy()
     moved.positions = atoms.positions @ rot.T
-    turned = _results(calc, moved)  # a float32 model: equivariant to float32 precision
+    turned = calculator_results(calc, moved)  # a float32 model: equivariant to float32 precision
     np.testing.assert_allclose(turned["forces_uncertainty"], base["forces_uncertainty"], 1e-4)
     expected = rot @ base["forces_aleatoric_cov"] @ rot.T
     scale = np.abs(expected).max()
@@ -122,7 +98,7 @@ def test_attach_to_a_scalar_only_model(scalar_runs, source, head, tmp_path):
     assert torch.equal(before["forces"], after["forces"])
     assert torch.equal(before["energy"], after["energy"])
     calc = NequIPUQCalculator.from_saved_model(out)
-    assert np.isfinite(_results(calc, frames[0])["forces_uncertainty"]).all()
+    assert np.isfinite(calculator_results(calc, frames[0])["forces_uncertainty"]).all()
 
 
 def test_never_refuses_a_scalar_only_model(scalar_runs, tmp_path):
