@@ -148,6 +148,14 @@ class TestE2IPScalarModel(_Float64Only, _EvidentialHarness):
         assert head.irreps_in == "8x0e" and head.head_irreps == "8x0e+16x1o+16x2e"
 
 
+class TestE2IPL2Model(_Float64Only, _EvidentialHarness):
+    """``l_max: 2``: the head reads the 1o and 2e node features of layer0 (no geometric
+    features)."""
+
+    head = "e2ip"
+    l_max = 2
+
+
 class TestEIPScalarModel(_Float64Only, _EvidentialHarness):
     head = "eip"
     l_max = 0

@@ -1,5 +1,7 @@
-"""Scalar-only MACE models (``--max_L=0``, one layer): the head builds its vector features from
-the geometry, trained with ``mace_run_train --head`` and attached with ``eip-attach mace``."""
+"""MACE backbones beyond the suite's L = 1 model: scalar-only (``--max_L=0``, one layer), where the
+head builds its vector features from the geometry, and L = 2 (``--max_L=2``, 1o and 2e node
+features); trained with ``mace_run_train --head``, attached with ``eip-attach mace``, compiled by
+MACE to TorchScript and run through ``MACEUQCalculator``."""
 
 from __future__ import annotations
 
@@ -35,14 +37,25 @@ SCALAR_ARGS = [
     "--max_ell=1",
     "--num_radial_basis=6",
 ]
+# L = 2: hidden irreps '8x0e + 8x1o + 8x2e'
+L2_ARGS = [
+    "--model=MACE",
+    "--num_channels=8",
+    "--max_L=2",
+    "--r_max=4.0",
+    "--correlation=2",
+    "--max_ell=2",
+    "--num_radial_basis=6",
+]
 
 
 @pytest.fixture(scope="module")
 def scalar_runs(tmp_path_factory, data) -> dict:
-    """Concurrently: a 2-layer scalar-only MACE with --head=e2ip, and a plain 1-layer scalar-only
-    two-head model ('dft', 'xtb') for eip-attach."""
+    """Concurrently: a 2-layer scalar-only MACE with --head=e2ip, a plain 1-layer scalar-only
+    two-head model ('dft', 'xtb') for eip-attach, and an L = 2 MACE with --head=e2ip."""
     env = cli_env(OMP_NUM_THREADS="1")
     trained = tmp_path_factory.mktemp("scalar_e2ip")
+    l2 = tmp_path_factory.mktemp("l2_e2ip")
     multi = tmp_path_factory.mktemp("scalar_multi")
     frames, valid = ase.io.read(data["tiny_train"], ":"), ase.io.read(data["tiny_valid"], ":")
     heads = {}
@@ -74,12 +87,25 @@ def scalar_runs(tmp_path_factory, data) -> dict:
         *COMMON_ARGS,
         "--max_num_epochs=2",
     ]
-    run_parallel([(head_cmd, trained, env), (multi_cmd, multi, env)])
+    l2_cmd = [
+        MACE_RUN_TRAIN,
+        "--name=l2",
+        f"--train_file={data['tiny_train']}",
+        f"--valid_file={data['tiny_valid']}",
+        *L2_ARGS,
+        "--num_interactions=2",
+        *COMMON_ARGS,
+        "--max_num_epochs=2",
+        "--head=e2ip",
+    ]
+    run_parallel([(head_cmd, trained, env), (multi_cmd, multi, env), (l2_cmd, l2, env)])
     return {
         "model": trained / "scalar.model",
         "compiled": trained / "scalar_compiled.model",
         "log": log_text(trained, "scalar"),
         "multi": multi / "multi.model",
+        "l2": l2 / "l2.model",
+        "l2_compiled": l2 / "l2_compiled.model",
     }
 
 
@@ -102,11 +128,13 @@ def test_trained_head_reads_geometric_features(scalar_runs):
     assert model.head.geometry is not None and model.head.head_irreps.endswith("16x1o+16x2e")
 
 
-def test_covariance_rotates_and_compiled_model_agrees(scalar_runs, data):
-    """Sigma(R x) = R Sigma(x) R^T through MACE's neighbour list (float64 calculator); the
-    TorchScript model of mace_run_train gives the eager model's uncertainty."""
+@pytest.mark.parametrize("model", ["model", "l2"], ids=["scalar", "L2"])
+def test_covariance_rotates_and_compiled_model_agrees(scalar_runs, data, model):
+    """Sigma(R x) = R Sigma(x) R^T (float64 calculator): through MACE's neighbour list for the
+    scalar model, through MACE's 1o and 2e features for L = 2; the TorchScript model of
+    mace_run_train gives the eager model's uncertainty."""
     atoms = ase.io.read(data["test_300K"], 0)
-    eager = MACEUQCalculator(model_paths=str(scalar_runs["model"]), default_dtype="float64")
+    eager = MACEUQCalculator(model_paths=str(scalar_runs[model]), default_dtype="float64")
     base = _results(eager, atoms)
     rot = _rotation()
     moved = atoms.copy()
@@ -117,7 +145,8 @@ def test_covariance_rotates_and_compiled_model_agrees(scalar_runs, data):
         expected = rot @ base[key] @ rot.T
         scale = np.abs(expected).max()
         np.testing.assert_allclose(turned[key], expected, rtol=0, atol=1e-8 * scale)
-    compiled = MACEUQCalculator(model_paths=str(scalar_runs["compiled"]), default_dtype="float64")
+    compiled_path = scalar_runs["compiled" if model == "model" else "l2_compiled"]
+    compiled = MACEUQCalculator(model_paths=str(compiled_path), default_dtype="float64")
     np.testing.assert_allclose(
         _results(compiled, atoms)["forces_uncertainty"], base["forces_uncertainty"], rtol=1e-6
     )
@@ -173,6 +202,27 @@ def test_attach_to_a_scalar_only_multi_head_model(scalar_runs, data, tmp_path):
         max_epochs=2,
     )
     assert report["features"].endswith("built from the neighbour list")
+    assert np.isfinite(report["after"]["nll"])
+
+
+def test_l2_model_head_reads_its_2e_features_and_attaches(scalar_runs, data, tmp_path):
+    """The L = 2 head reads MACE's 1o and 2e features (no geometric front end); eip-attach
+    --replace trains a new head on its backbone, whose forces stay bit-identical (attach checks
+    that on the written file before keeping it)."""
+    from eip_plugins.mace.attach import attach_head
+
+    model = torch.load(scalar_runs["l2"], map_location="cpu", weights_only=False)
+    assert model.head.geometry is None and "8x2e" in model.node_feats_irreps
+    assert model.head.covariance.has_l2
+    report = attach_head(
+        scalar_runs["l2"],
+        data["tiny_train"],
+        tmp_path / "l2_mve.model",
+        head="mve",
+        replace=True,
+        max_epochs=2,
+    )
+    assert "8x2e" in report["features"] and "neighbour list" not in report["features"]
     assert np.isfinite(report["after"]["nll"])
 
 

@@ -1,6 +1,7 @@
-"""Scalar-only NequIP models (``l_max: 0``): ``config_with_eip`` trains them with a head that
-builds its vector features from the neighbour list, and ``eip-attach nequip`` gives a plain one
-(checkpoint or ``nequip-package`` file) a head with bit-identical energies and forces."""
+"""NequIP backbones beyond the suite's l_max = 1 models. Scalar-only (``l_max: 0``):
+``config_with_eip`` trains them with a head that builds its vector features from the neighbour
+list, and ``eip-attach nequip`` gives a plain one (checkpoint or ``nequip-package`` file) a head
+with bit-identical energies and forces. ``l_max: 2``: the head reads the 1o and 2e features."""
 
 from __future__ import annotations
 
@@ -30,10 +31,11 @@ SCALAR = ["++training_module.model.l_max=0"]
 
 @pytest.fixture(scope="module")
 def scalar_runs(tmp_path_factory) -> dict:
-    """Concurrently: config_with_eip with l_max: 0 (e2ip, 2 epochs), and a plain one-layer
-    l_max: 0 model (the benchmark's plain config), which is then packaged."""
+    """Concurrently: config_with_eip with l_max: 0 (e2ip, 2 epochs), a plain one-layer l_max: 0
+    model (the benchmark's plain config), which is then packaged, and config_with_eip with
+    l_max: 2 (e2ip, 1 epoch)."""
     root = tmp_path_factory.mktemp("nequip_scalar")
-    trained, plain = root / "e2ip", root / "plain"
+    trained, plain, l2 = root / "e2ip", root / "plain", root / "l2"
     plain_cmd = [
         BIN / "nequip-train",
         "-cp",
@@ -50,13 +52,25 @@ def scalar_runs(tmp_path_factory) -> dict:
         *SCALAR,
         f"hydra.run.dir={plain}",
     ]
-    run_parallel([(train_args(trained, "e2ip", 2, *SCALAR), root), (plain_cmd, root)])
+    l2_cmd = train_args(l2, "e2ip", 1, "++training_module.model.l_max=2")
+    run_parallel(
+        [
+            (train_args(trained, "e2ip", 2, *SCALAR), root / "e2ip_log"),
+            (plain_cmd, root / "plain_log"),
+            (l2_cmd, root / "l2_log"),
+        ]
+    )
     package = root / "plain.nequip.zip"
     run_cli(
         [NEQUIP_PACKAGE, "build", plain / "best.ckpt", package],
         cwd=root,
     )
-    return {"trained": trained / "best.ckpt", "plain": plain / "best.ckpt", "package": package}
+    return {
+        "trained": trained / "best.ckpt",
+        "plain": plain / "best.ckpt",
+        "package": package,
+        "l2": l2 / "best.ckpt",
+    }
 
 
 def _rotation(seed: int = 0) -> np.ndarray:
@@ -109,3 +123,20 @@ def test_never_refuses_a_scalar_only_model(scalar_runs, tmp_path):
     last = proc.stdout.strip().splitlines()[-1]
     assert "geometric_features='never'" in last and "'layer0_convnet'" in last
     assert not (tmp_path / "o.ckpt").exists()
+
+
+def test_l2_model_reads_its_2e_features_and_attaches(scalar_runs, tmp_path):
+    """l_max: 2: the head reads layer0's 1o and 2e features (no geometric front end); the
+    calculator gives SPD covariances; eip-attach --replace trains a new head on its backbone
+    (energies and forces verified identical by eip-attach before it writes)."""
+    head = head_of(load_original(scalar_runs["l2"]))
+    assert head.geometry is None and "2e" in head.irreps_in and head.covariance.has_l2
+    calc = NequIPUQCalculator.from_saved_model(scalar_runs["l2"])
+    results = calculator_results(calc, ase.io.read(DATA / "ethanol_test_300K.xyz", 0))
+    assert np.all(np.linalg.eigvalsh(results["forces_aleatoric_cov"]) > 0)
+    out = tmp_path / "l2_eip.ckpt"
+    cmd = [EIP_ATTACH, "nequip", "--model", scalar_runs["l2"], "--replace", "--head", "eip"]
+    cmd += ["--train_file", DATA / "ethanol_train.xyz", "--output", out, "--max_epochs", "2"]
+    proc = run_cli(cmd, cwd=tmp_path)
+    assert "'layer0_convnet'" in proc.stdout and "2e" in proc.stdout
+    assert "neighbour list" not in proc.stdout
