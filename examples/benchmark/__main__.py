@@ -56,8 +56,11 @@ def run_part(framework: str, python: Path, data: Path, out: Path, args) -> dict:
     if args.members is not None:
         cmd.append(f"--members={args.members}")
     cmd.append(f"--seeds={args.seeds}")
-    if framework == "nequip" and args.nequip_heads:
-        cmd.append(f"--heads={args.nequip_heads}")
+    heads, backbone = getattr(args, f"{framework}_heads"), getattr(args, f"{framework}_backbone")
+    if heads:
+        cmd.append(f"--heads={heads}")
+    if backbone:
+        cmd.append(f"--backbone={backbone}")
     log_path = out / framework / "part.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", PYTHONWARNINGS="ignore")
@@ -105,7 +108,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--no-water", action="store_true", help="leave out the periodic water box")
     p.add_argument("--reuse", action="store_true", help="reuse models already trained in --out")
+    p.add_argument("--mace-heads", default=None, help="MACE heads (default e2ip,eip,mve)")
     p.add_argument("--nequip-heads", default=None, help="NequIP heads (default e2ip,eip,mve)")
+    p.add_argument(
+        "--mace-backbone",
+        default=None,
+        help="mace_l1 (default: 16x0e+16x1o) or mace_scalar (16x0e: the head builds geometric "
+        "features)",
+    )
+    p.add_argument(
+        "--nequip-backbone",
+        default=None,
+        help="nequip_l1 (default), nequip_lmax0 (scalar features) or allegro (nequip-allegro)",
+    )
     p.add_argument("--mace-python", type=Path, default=default_python("mace"))
     p.add_argument("--nequip-python", type=Path, default=default_python("nequip"))
     args = p.parse_args(argv)

@@ -561,6 +561,8 @@ def part_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--members", type=int, default=None, help="ensemble size (default 4)")
     p.add_argument("--reuse", action="store_true", help="reuse models already trained in --out")
     p.add_argument("--seeds", type=int, default=1, help="independent runs of every method")
+    p.add_argument("--heads", default=None, help="comma-separated subset of the heads")
+    p.add_argument("--backbone", default=None, help="backbone variant (the part's BACKBONES)")
     return p
 
 
@@ -577,6 +579,14 @@ def part_settings(parser: argparse.ArgumentParser, args, settings):
         settings = dataclasses.replace(settings, members=args.members)
     if args.seeds < 1:
         parser.error(f"--seeds: invalid value {args.seeds}, must be >= 1")
+    if args.heads is not None:
+        heads = tuple(h for h in args.heads.split(",") if h)
+        unknown = sorted(set(heads) - set(settings.heads))
+        if unknown or not heads:
+            parser.error(f"--heads: {args.heads!r}, choose from {list(settings.heads)}")
+        settings = dataclasses.replace(settings, heads=heads)
+    if args.backbone is not None:
+        settings = dataclasses.replace(settings, backbone=args.backbone)
     return settings
 
 

@@ -30,10 +30,16 @@ MODEL_SUFFIX = ".model"  # what eip-calibrate writes for the calibration variant
 TRAIN_LOG = "train.log"  # the training command's output (the calibration is logged there)
 
 
+# backbone variants (--backbone): the L = 1 model of the main tables, and MACE's scalar-only
+# configuration (hidden irreps '16x0e', as --max_L=0), whose head builds geometric features
+BACKBONES = ("mace_l1", "mace_scalar")
+
+
 @dataclass(frozen=True)
 class MaceSettings:
     """Architecture and training budget, the same for every method (heads add only the head)."""
 
+    backbone: str = "mace_l1"
     hidden_irreps: str = "16x0e+16x1o"
     r_max: float = 4.0
     num_interactions: int = 2
@@ -49,6 +55,14 @@ class MaceSettings:
     timing_structures: int = 20
     timing_rounds: int = 10
     attach_epochs: int = 200  # eip-attach head epochs (early stopping on the validation NLL)
+    heads: tuple[str, ...] = HEADS
+
+    @property
+    def node_irreps(self) -> str:
+        """``--hidden_irreps`` of the backbone variant: scalars only for ``mace_scalar``."""
+        if self.backbone == "mace_scalar":
+            return self.hidden_irreps.split("+")[0]
+        return self.hidden_irreps
 
 
 QUICK = MaceSettings(
@@ -81,7 +95,7 @@ def train_command(
         "--forces_key=REF_forces",
         "--E0s=average",
         "--model=MACE",
-        f"--hidden_irreps={s.hidden_irreps}",
+        f"--hidden_irreps={s.node_irreps}",
         f"--r_max={s.r_max}",
         f"--num_interactions={s.num_interactions}",
         f"--correlation={s.correlation}",
@@ -111,8 +125,14 @@ def train_command(
 def training_jobs(s: MaceSettings) -> dict[str, tuple[str, int, list[str]]]:
     """job name -> (head, seed, extra flags). ``plain_0`` is both "plain" and ensemble member 0."""
     jobs = {"plain_0": ("none", s.seed, [])}
-    jobs.update({h: (h, s.seed, []) for h in HEADS})
-    jobs.update({name: (head, s.seed, flags) for name, (head, flags) in OBJECTIVE_VARIANTS.items()})
+    jobs.update({h: (h, s.seed, []) for h in s.heads})
+    jobs.update(
+        {
+            name: (head, s.seed, flags)
+            for name, (head, flags) in OBJECTIVE_VARIANTS.items()
+            if head in s.heads
+        }
+    )
     jobs.update({f"plain_{k}": ("none", s.seed + k, []) for k in range(1, s.members)})
     return jobs
 
@@ -282,9 +302,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser = common.part_parser(__doc__.split("\n\n")[0])
     args = parser.parse_args(argv)
     settings = common.part_settings(parser, args, QUICK if args.quick else MaceSettings())
+    if settings.backbone not in BACKBONES:
+        parser.error(f"--backbone: {settings.backbone!r}, choose from {list(BACKBONES)}")
     # evaluation in float64 throughout (MACECalculator and MACEUQCalculator, default_dtype)
     torch.set_default_dtype(torch.float64)
-    return common.run_part("mace", args, settings, HEADS, sys.modules[__name__], notes=[])
+    notes = [f"backbone {settings.backbone}: --hidden_irreps={settings.node_irreps}"]
+    return common.run_part("mace", args, settings, settings.heads, sys.modules[__name__], notes)
 
 
 if __name__ == "__main__":

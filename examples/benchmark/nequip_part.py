@@ -17,7 +17,7 @@ import logging
 import re
 import sys
 import types
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
@@ -34,10 +34,18 @@ MODEL_SUFFIX = ".ckpt"  # what eip-calibrate writes for the calibration variants
 TRAIN_LOG = "train.log"  # nequip-train's log (the calibration callback logs there)
 
 
+# backbone variants (--backbone): NequIP l_max = 1 (the main tables), NequIP l_max = 0 (scalar
+# features only) and Allegro (nequip-allegro: per-edge latents); the last two heads build
+# geometric features. Plain Allegro models use nequip_configs/plain_allegro.yaml, heads
+# config_with_eip's backbone=allegro.
+BACKBONES = ("nequip_l1", "nequip_lmax0", "allegro")
+
+
 @dataclass(frozen=True)
 class NequipSettings:
     """Architecture and training budget, the same for every method."""
 
+    backbone: str = "nequip_l1"
     num_layers: int = 3
     num_features: int = 16
     l_max: int = 1
@@ -76,11 +84,18 @@ def train_command(
     exe = Path(sys.executable).parent / "nequip-train"
     types = sorted(e0s)
     shifts = "{" + ",".join(f"{t}:{e0s[t]:.8f}" for t in types) + "}"
-    config = (
-        ["-cp", str(PLAIN_CONFIG_DIR), "-cn", "plain"]
-        if head == "none"
-        else ["-cn", "config_with_eip", f"++head={head}"]  # the config shipped with eip-plugins
+    allegro = s.backbone == "allegro"
+    if head == "none":
+        config = ["-cp", str(PLAIN_CONFIG_DIR), "-cn", "plain_allegro" if allegro else "plain"]
+    else:  # the config shipped with eip-plugins
+        config = ["-cn", "config_with_eip", f"++head={head}"]
+        config += ["backbone=allegro"] if allegro else []
+    width = (
+        [f"++training_module.model.num_scalar_features={2 * s.num_features}"]
+        if allegro
+        else [f"++training_module.model.num_features={s.num_features}"]
     )
+    l_max = 0 if s.backbone == "nequip_lmax0" else s.l_max
     return [
         str(exe),
         *config,
@@ -95,8 +110,8 @@ def train_command(
         f"++cutoff_radius={s.cutoff_radius}",
         f"++training_module.optimizer.lr={s.lr}",
         f"++training_module.model.num_layers={s.num_layers}",
-        f"++training_module.model.num_features={s.num_features}",
-        f"++training_module.model.l_max={s.l_max}",
+        *width,
+        f"++training_module.model.l_max={l_max}",
         # least-squares per-element energies of the training set (MACE's --E0s=average)
         f"++training_module.model.per_type_energy_shifts={shifts}",
         f"hydra.run.dir={workdir}",
@@ -268,11 +283,12 @@ def time_inference(data: Path, models: dict[str, list[str]], s: NequipSettings) 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = common.part_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--heads", default=",".join(HEADS), help="comma-separated subset")
     args = parser.parse_args(argv)
     settings = common.part_settings(parser, args, QUICK if args.quick else NequipSettings())
-    settings = replace(settings, heads=tuple(h for h in args.heads.split(",") if h))
+    if settings.backbone not in BACKBONES:
+        parser.error(f"--backbone: {settings.backbone!r}, choose from {list(BACKBONES)}")
     notes = [
+        f"backbone {settings.backbone}",
         "training epoch time = nequip-train fit loop wall time / epochs (validation incl.)",
         "models evaluated in their training precision (float32)",
     ]

@@ -3,8 +3,6 @@ compiled with ``nequip-compile --target ase_uq``, and attached to a plain Allegr
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import ase.io
 import numpy as np
 import pytest
@@ -19,7 +17,6 @@ from nequip_helpers import (
     run_parallel,
     train_args,
 )
-from omegaconf import OmegaConf
 
 from eip_plugins.core import keys
 from eip_plugins.nequip import NequIPUQCalculator
@@ -27,29 +24,12 @@ from eip_plugins.nequip.attach import _predict, load_original
 from eip_plugins.nequip.calibration import head_of
 
 EIP_ATTACH = str(BIN / "eip-attach")
-CONFIGS = REPO / "eip_plugins" / "nequip" / "configs"
 SMALL_ALLEGRO = [
     "backbone=allegro",
     "++training_module.model.num_layers=1",
     "++training_module.model.num_scalar_features=16",
     "++training_module.model.allegro_mlp_hidden_layers_width=16",
 ]
-
-
-def plain_allegro_config(folder: Path) -> Path:
-    """The benchmark's plain NequIP config with the model of ``backbone/allegro.yaml`` minus the
-    head: a plain Allegro model, as a user trains one."""
-    config = OmegaConf.load(REPO / "examples" / "benchmark" / "nequip_configs" / "plain.yaml")
-    model = OmegaConf.to_container(OmegaConf.load(CONFIGS / "backbone" / "allegro.yaml"))
-    for key in ("head", "head_options", "forces_rms"):
-        del model[key]
-    model["_target_"] = "allegro.model.AllegroModel"
-    model["num_layers"] = 1
-    model["num_scalar_features"] = 16
-    config.training_module.model = model
-    folder.mkdir(parents=True, exist_ok=True)
-    OmegaConf.save(config, folder / "plain_allegro.yaml")
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +41,16 @@ def allegro_runs(tmp_path_factory) -> dict:
     plain_cmd = [
         BIN / "nequip-train",
         "-cp",
-        plain_allegro_config(root / "configs"),
+        REPO / "examples" / "benchmark" / "nequip_configs",
         "-cn",
-        "plain_allegro",
+        "plain_allegro",  # the benchmark's plain Allegro
         f"++train_file={DATA / 'ethanol_train.xyz'}",
         f"++val_file={DATA / 'ethanol_valid.xyz'}",
         f"++test_file={DATA / 'ethanol_test_300K.xyz'}",
         "++run=[train]",
         "++max_epochs=2",
+        "++training_module.model.num_layers=1",
+        "++training_module.model.num_scalar_features=16",
         f"hydra.run.dir={plain}",
     ]
     nequip_only = "++training_module.model."  # the suite's small NequIP model settings
