@@ -52,3 +52,21 @@ def test_calibration_variants(bench):
 
 def test_report_tables_and_plots(bench):
     quick_checks.check_report_tables_and_plots(bench["results"], FRAMEWORK, bench["out"])
+
+
+def test_scalar_backbone_variant_and_head_subset(tmp_path):
+    """--backbone mace_scalar trains '8x0e' (quick) models; --heads restricts the heads and the
+    objective variants that go with them."""
+    from dataclasses import replace
+
+    from examples.benchmark import mace_part
+
+    scalar = replace(mace_part.QUICK, backbone="mace_scalar", heads=("e2ip",))
+    cmd = mace_part.train_command("plain_0", "none", 1, tmp_path, tmp_path / "p", scalar)
+    assert "--hidden_irreps=8x0e" in cmd
+    assert set(mace_part.training_jobs(scalar)) == {"plain_0", "plain_1", "plain_2", "plain_3"} | {
+        "e2ip",
+        "e2ip_nll",
+    }
+    only_mve = replace(mace_part.QUICK, heads=("mve",))
+    assert "e2ip_nll" not in mace_part.training_jobs(only_mve)

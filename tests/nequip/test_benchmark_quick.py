@@ -52,3 +52,26 @@ def test_calibration_variants(bench):
 
 def test_report_tables_and_plots(bench):
     quick_checks.check_report_tables_and_plots(bench["results"], FRAMEWORK, bench["out"])
+
+
+def test_backbone_variants_train_the_same_size_of_model(tmp_path):
+    """--backbone: l_max 0 overrides l_max; Allegro's plain models use plain_allegro.yaml and its
+    heads config_with_eip backbone=allegro, with Allegro's width key (measured in the README)."""
+    from dataclasses import replace
+
+    from examples.benchmark import nequip_part
+
+    e0s = {"C": -1.0, "H": -0.5, "O": -2.0}
+    lmax0 = replace(nequip_part.QUICK, backbone="nequip_lmax0")
+    for head in ("none", "e2ip"):
+        cmd = nequip_part.train_command(head, 1, tmp_path, tmp_path / head, lmax0, e0s)
+        assert "++training_module.model.l_max=0" in cmd
+    allegro = replace(nequip_part.QUICK, backbone="allegro")
+    plain = nequip_part.train_command("none", 1, tmp_path, tmp_path / "p", allegro, e0s)
+    head = nequip_part.train_command("e2ip", 1, tmp_path, tmp_path / "h", allegro, e0s)
+    assert plain[plain.index("-cn") + 1] == "plain_allegro" and "backbone=allegro" in head
+    for cmd in (plain, head):
+        assert "++training_module.model.num_scalar_features=16" in cmd
+        assert not any("model.num_features" in str(a) for a in cmd)
+    with pytest.raises(SystemExit):
+        nequip_part.main(["--data", str(tmp_path), "--backbone", "schnet", "--quick"])
