@@ -91,6 +91,11 @@ BAD_INPUTS = {
         "`--output` equal to `--model`",
         "`--output must differ from --model: the input model is never modified`",
     ),
+    "unwritable-output": (
+        "`--output` that cannot be written (inside a file, a read-only folder)",
+        "`--output FILE/out.model: FILE is a file, not a folder` / `… cannot write in FOLDER "
+        "(Permission denied)`, before any training",
+    ),
     "bad-start": (
         "`eip-al --start FILE@INDEX` out of range",
         "`--start FILE@99: index '99' is not one of 0..7 (FILE holds 8 structures)`",
@@ -149,6 +154,8 @@ _NEQUIP_MODEL = dict(
     corrupt_model=r"garbage\.ckpt is not a NequIP checkpoint.*: not a torch/zip archive",
 )
 
+_UNWRITABLE = r"{tool}: error: --output good\.xyz/out\.\w+: good\.xyz is a file, not a folder"
+
 CASES: list[Case] = [
     # --- MACE environment ---------------------------------------------------------------------
     *_cases(
@@ -179,6 +186,8 @@ CASES: list[Case] = [
         r"forces 'REF_forces'",
         missing_forces=r"--train_file \S*missing_forces\.xyz: frame 0 has no reference forces",
         corrupt_data=r"--train_file \S*garbage\.xyz: cannot be read",
+        missing_data=r"--train_file \S*missing\.xyz: data file does not exist",
+        empty_data=r"--train_file \S*empty\.xyz: data file is empty",
         out_of_range=r"--eip_quantile.*1\.5",
     ),
     *_cases(
@@ -191,6 +200,7 @@ CASES: list[Case] = [
         **{k: "eip-attach: error: .*" + v for k, v in _DATA_FILE.items()},
         out_of_range=r"eip-attach: error: .*quantile.*1\.5",
         output_is_input=r"eip-attach: error: --output must differ from --model",
+        unwritable_output=_UNWRITABLE.format(tool="eip-attach"),
     ),
     *_cases(
         "mace",
@@ -201,6 +211,7 @@ CASES: list[Case] = [
         **{k: "eip-calibrate: error: .*" + v for k, v in _DATA_FILE.items()},
         out_of_range=r"eip-calibrate: error: invalid density power=0\.5: must be >= 1",
         output_is_input=r"eip-calibrate: error: --output must differ from --model",
+        unwritable_output=_UNWRITABLE.format(tool="eip-calibrate"),
     ),
     *_cases(
         "mace",
@@ -249,6 +260,7 @@ CASES: list[Case] = [
         **{k: "eip-attach: error: .*" + v for k, v in _DATA_FILE.items()},
         out_of_range=r"eip-attach: error: .*quantile.*1\.5",
         output_is_input=r"eip-attach: error: --output must differ from --model",
+        unwritable_output=_UNWRITABLE.format(tool="eip-attach"),
     ),
     *_cases(
         "nequip",
@@ -274,6 +286,7 @@ CASES: list[Case] = [
         **{k: "eip-calibrate: error: .*" + v for k, v in _DATA_FILE.items()},
         out_of_range=r"eip-calibrate: error: invalid density strength=-1(\.0)?: must be >= 0",
         output_is_input=r"eip-calibrate: error: --output must differ from --model",
+        unwritable_output=_UNWRITABLE.format(tool="eip-calibrate"),
     ),
 ]
 

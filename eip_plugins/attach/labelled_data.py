@@ -93,9 +93,26 @@ def read_labelled(path, forces_key: str, known_numbers: set[int]) -> list:
 
 
 def check_output_path(model_path, output) -> None:
-    """The input model is only read: refuse an output path that is the input file."""
-    if Path(output).resolve() == Path(model_path).resolve():
+    """Before any work: the input model is only read (the output may not be the input file),
+    and the output can be written (not a folder; its folder exists or can be made, and a file
+    can be created in it), so that a run does not fail after training."""
+    output = Path(output)
+    if output.resolve() == Path(model_path).resolve():
         raise AttachError("--output must differ from --model: the input model is never modified")
+    if output.is_dir():
+        raise AttachError(f"--output {output}: is a folder; give the path of the file to write")
+    folder = output.parent
+    if folder.exists() and not folder.is_dir():
+        raise AttachError(f"--output {output}: {folder} is a file, not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=f".{output.name}.", suffix=".probe")
+        os.close(fd)
+        os.remove(probe)
+    except OSError as err:
+        raise AttachError(
+            f"--output {output}: cannot write in {folder} ({err.strerror or err})"
+        ) from None
 
 
 def atomic_write(output, write: Callable[[str], None], verify: Callable[[str], None] = None):

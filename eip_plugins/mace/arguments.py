@@ -290,8 +290,14 @@ def _check_forces_in_file(path: str, key: str, flag: str, head: str) -> None:
     """Every frame of an ASE-readable file must carry finite reference forces under ``key``."""
     import os
 
-    if not os.path.isfile(path) or not path.lower().endswith((".xyz", ".extxyz")):
-        return  # MACE reports missing files itself; h5/lmdb datasets are not inspected
+    if not path.lower().endswith((".xyz", ".extxyz")):
+        return  # h5/lmdb datasets are not inspected
+    if not os.path.exists(path):  # MACE itself fails with a traceback deep in ase.io
+        raise HeadArgumentError(f"--{flag} {path}: data file does not exist")
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        raise HeadArgumentError(f"--{flag} {path}: data file is empty")
+    if not os.path.isfile(path):
+        raise HeadArgumentError(f"--{flag} {path}: is not a file")
     import ase.io
     import numpy as np
 

@@ -107,6 +107,8 @@ def _head_tool(tool):
         output = "existing_output.model"
         if case.bad_input == "output-is-input":
             model = output = "head.model"
+        if case.bad_input == "unwritable-output":
+            output = "good.xyz/out.model"
         argv = ["mace", "--model", model, "--output", output,
                "--train_file", DATA_FILES.get(case.bad_input, "good.xyz"),
                "--valid_file", "valid.xyz"]  # fmt: skip

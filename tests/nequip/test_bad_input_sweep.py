@@ -90,6 +90,8 @@ def _head_tool(tool):
         output = "existing_output.ckpt"
         if case.bad_input == "output-is-input":
             model = output = "head.ckpt"
+        if case.bad_input == "unwritable-output":
+            output = "good.xyz/out.ckpt"
         argv = ["nequip", "--model", model, "--output", output,
                "--train_file", DATA_FILES.get(case.bad_input, "good.xyz"),
                "--valid_file", "valid.xyz"]  # fmt: skip
