@@ -2,9 +2,9 @@
 
 The l = 2 part of the tangent vector is built from the backbone's vector features by the
 symmetric tensor product of each 1o channel with itself, v (x) v -> 0e + 2e (the traceless part of
-v v^T, and |v|^2). This needs no edge information, so it works on any backbone that exposes 1o
-node features (MACE and NequIP with l_max >= 1); 2e node features, when the backbone has them, are
-used as well. Invariant scalars (0e features and |v|^2) pass through an MLP that outputs the
+v v^T, and |v|^2). This needs no edge information: it works on any 1o features, the backbone's (MACE and NequIP with
+l_max >= 1) or those the geometric front end builds (:mod:`.geometric_features`); 2e features,
+when present, are used as well. Invariant scalars (0e features and |v|^2) pass through an MLP that outputs the
 isotropic log scale s, one invariant gate per l = 2 channel, and any extra scalars a head needs
 (kappa, nu_w). Gating 2e channels by invariants keeps T equivariant.
 """

@@ -19,8 +19,11 @@ Node features read by the head. MACE returns ``node_feats = cat([h_1, ..., h_T],
 outputs of its T product blocks. Layers 1..T-1 carry ``--hidden_irreps`` (e.g. ``Cx0e + Cx1o``);
 the last layer carries its scalars only (``Cx0e``). The irreps of the concatenation are therefore
 ``hidden_irreps * (T - 1) + Cx0e`` (not simplified: e3nn order of the concatenation), computed
-from ``products[i].linear.irreps_out`` by :func:`node_feats_irreps`. The head uses every 0e and
-1o channel of it (the 1o channels come from layers 1..T-1, hence T >= 2 and l_max >= 1).
+from ``products[i].linear.irreps_out`` by :func:`node_feats_irreps`. The head uses every 0e, 1o
+(and 2e) channel of it; the 1o channels come from layers 1..T-1. A scalar-only model
+(``--max_L=0``, ``--hidden_irreps='Cx0e'``, or T = 1) has none: the head then builds vector and
+l = 2 features from MACE's neighbour list and invariant features
+(:mod:`eip_plugins.core.geometric_features`, with MACE's ``r_max`` and ``avg_num_neighbors``).
 
 The wrapper is TorchScript-compatible (``e3nn.util.jit.compile``, as MACE does for
 ``*_compiled.model``). In eager mode, attributes it does not define (``interactions``,

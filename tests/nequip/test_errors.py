@@ -50,8 +50,11 @@ def test_unknown_chemical_species():
         ({"head_options": {"lam": -1.0}}, "lam=-1.0"),
         ({"head_options": {"quantil": 0.3}}, r"unknown head option\(s\) \['quantil'\]"),
         ({"forces_rms": 0.0}, "forces_rms=0.0"),
-        ({"num_layers": 1}, "use num_layers >= 2"),
-        ({"l_max": 0, "feature_layer": 0}, "needs vector \\(1o\\) node features"),
+        ({"feature_layer": 5}, r"feature_layer=5 is out of range for 2 convnet layers"),
+        (
+            {"l_max": 0, "head_options": {"geometric_features": "never"}},
+            r"geometric_features='never' needs vector \(1o\) node features",
+        ),
     ],
 )
 def test_out_of_range_hyperparameters(kwargs, match):
