@@ -1,12 +1,12 @@
 """Equivariant SPD 3x3 matrices per atom from an l_max = 1 feature set (SPEC §1b).
 
-The l = 2 part of the tangent vector is built from the backbone's vector features by the
-symmetric tensor product of each 1o channel with itself, v (x) v -> 0e + 2e (the traceless part of
-v v^T, and |v|^2). This needs no edge information: it works on any 1o features, the backbone's (MACE and NequIP with
-l_max >= 1) or those the geometric front end builds (:mod:`.geometric_features`); 2e features,
-when present, are used as well. Invariant scalars (0e features and |v|^2) pass through an MLP that outputs the
-isotropic log scale s, one invariant gate per l = 2 channel, and any extra scalars a head needs
-(kappa, nu_w). Gating 2e channels by invariants keeps T equivariant.
+The l = 2 part of the tangent vector is built from the vector features by the symmetric tensor
+product of each 1o channel with itself, v (x) v -> 0e + 2e (the traceless part of v v^T, and
+|v|^2). This needs no edge information: it works on any 1o features, the backbone's (MACE and
+NequIP with l_max >= 1) or those the geometric front end builds (:mod:`.geometric_features`); 2e
+features, when present, are used as well. Invariant scalars (0e features and |v|^2) pass through
+an MLP that outputs the isotropic log scale s, one invariant gate per l = 2 channel, and any extra
+scalars a head needs (kappa, nu_w). Gating 2e channels by invariants keeps T equivariant.
 """
 
 import math
