@@ -231,6 +231,21 @@ CASES: list[Case] = [
     # --- NequIP environment -------------------------------------------------------------------
     *_cases(
         "nequip",
+        "eip-al nequip",
+        missing_model=r"eip-al: error: model file \S*missing\.ckpt does not exist",
+        corrupt_model=r"eip-al: error: \S*garbage\.ckpt is not a NequIP checkpoint.*: not a "
+        r"torch/zip archive",
+        missing_data=r"eip-al: error: (training|data) file \S*missing\.xyz does not exist",
+        corrupt_data=r"eip-al: error: data file \S*garbage\.xyz cannot be read by ase\.io",
+        nan_positions=r"eip-al: error: --start \S*nan_positions\.xyz@3: structure 3: atom 2 "
+        r"\(O\) has a non-finite position",
+        nan_forces=r"eip-al: error: training file \S*nan_forces\.xyz: structure 3: atom 2 \(O\) "
+        r"has non-finite forces",
+        out_of_range=r"eip-al: error: invalid threshold=nan",
+        bad_start=r"eip-al: error: --start \S*good\.xyz@99: index '99' is not one of 0\.\.7",
+    ),
+    *_cases(
+        "nequip",
         "NequIPUQCalculator.from_saved_model",
         **_NEQUIP_MODEL,
         truncated_model=r"truncated\.ckpt (is not|could not be loaded as) a NequIP checkpoint",
@@ -437,6 +452,22 @@ class InProcessCLI:
         return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
 
 
+def eip_al_argv(case: Case, framework: str, model: str) -> tuple:
+    """``eip-al`` arguments for a sweep case (``model``: the model file to use)."""
+    train = {"missing-data": "missing.xyz", "nan-forces": "nan_forces.xyz"}.get(
+        case.bad_input, "good.xyz"
+    )
+    start = {
+        "corrupt-data": "garbage.xyz",
+        "nan-positions": "nan_positions.xyz@3",
+        "bad-start": "good.xyz@99",
+    }.get(case.bad_input, "good.xyz@0")
+    extra = ["--threshold", "nan"] if case.bad_input == "out-of-range" else []
+    return ("--framework", framework, "--model", model, "--train_file", train, "--start", start,
+            "--workdir", f"al_{case.bad_input}", "--steps", "4", "--train_command", "true",
+            "--model_path", "x", *extra)  # fmt: skip
+
+
 def check_case(case: Case, made, folder: Path, env: dict) -> None:
     """Run one case and check it: ``made`` is a callable (the Python API: it must raise a
     one-line ValueError / FileNotFoundError matching ``case.match``), an :class:`InProcessCLI`
@@ -496,6 +527,7 @@ _TOOLS = {  # entry point -> (what the README calls it, framework)
     "eip-calibrate mace": ("`eip-calibrate`", "MACE"),
     "eip-calibrate nequip": ("`eip-calibrate`", "NequIP"),
     "eip-al": ("`eip-al`", "MACE"),
+    "eip-al nequip": ("`eip-al`", "NequIP"),
     "nequip-train": ("`nequip-train -cn config_with_eip`", None),
 }
 

@@ -13,6 +13,7 @@ from bad_inputs import (
     cases_for,
     check_case,
     check_finite_results,
+    eip_al_argv,
     make_workspace,
     truncate_copy,
     unusual_valid_structures,
@@ -124,19 +125,7 @@ def _head_tool(tool):
 
 def _eip_al(case, ws):
     model = MODEL_FILES.get(case.bad_input, "head.model")
-    train = {"missing-data": "missing.xyz", "nan-forces": "nan_forces.xyz"}.get(
-        case.bad_input, "good.xyz"
-    )
-    start = {
-        "corrupt-data": "garbage.xyz",
-        "nan-positions": "nan_positions.xyz@3",
-        "bad-start": "good.xyz@99",
-    }.get(case.bad_input, "good.xyz@0")
-    extra = ["--threshold", "nan"] if case.bad_input == "out-of-range" else []
-    argv = ["--framework", "mace", "--model", model, "--train_file", train, "--start", start,
-            "--workdir", f"al_{case.bad_input}", "--steps", "4", "--train_command", "true",
-            "--model_path", "x", *extra]  # fmt: skip
-    return InProcessCLI(MAINS["eip-al"], tuple(argv))
+    return InProcessCLI(MAINS["eip-al"], eip_al_argv(case, "mace", model))
 
 
 RUNNERS = {

@@ -13,6 +13,7 @@ from bad_inputs import (
     cases_for,
     check_case,
     check_finite_results,
+    eip_al_argv,
     make_workspace,
     truncate_copy,
     unusual_valid_structures,
@@ -118,7 +119,15 @@ def _nequip_train(case, ws):
     ]  # fmt: skip
 
 
+def _eip_al(case, ws):
+    from eip_plugins.active_learning.cli import main
+
+    model = MODEL_FILES.get(case.bad_input, "head.ckpt")
+    return InProcessCLI(main, eip_al_argv(case, "nequip", model))
+
+
 RUNNERS = {
+    "eip-al nequip": _eip_al,
     "NequIPUQCalculator.from_saved_model": _calculator(compiled=False),
     "NequIPUQCalculator.from_compiled_model": _calculator(compiled=True),
     "eip-attach nequip": _head_tool("eip-attach"),
