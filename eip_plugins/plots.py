@@ -60,3 +60,50 @@ def plot_reliability(curves: dict, path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_al_summary(rows: list[dict], path) -> None:
+    """Active learning by generation: held-out force error (when scored) and sigma.
+
+    Args:
+        rows: :func:`eip_plugins.active_learning.loop.summary_rows` (generation 0 = the
+            starting model on the held-out set).
+    """
+    if not rows:
+        return
+    has_holdout = any("holdout_force_mae" in r for r in rows)
+    fig, axes = plt.subplots(
+        1, 2 if has_holdout else 1, figsize=(9 if has_holdout else 4.5, 3.4), squeeze=False
+    )
+    ax_s = axes[0, -1]
+    md = [r for r in rows if "mean_uncertainty" in r]
+    if md:
+        ax_s.plot(
+            [r["generation"] for r in md],
+            [r["mean_uncertainty"] for r in md],
+            "o-",
+            label="walkers (mean σ$_i$)",
+        )
+    if has_holdout:
+        scored = [r for r in rows if "holdout_force_mae" in r]
+        gens = [r["generation"] for r in scored]
+        ax_e = axes[0, 0]
+        ax_e.plot(gens, [r["holdout_force_mae"] for r in scored], "o-", label="MAE")
+        ax_e.plot(gens, [r["holdout_force_rmse"] for r in scored], "s--", label="RMSE")
+        ax_e.set_xlabel("generation")
+        ax_e.set_ylabel("held-out force error (eV/Å)")
+        ax_e.legend()
+        ax_s.plot(
+            gens,
+            [r["holdout_mean_sigma"] for r in scored],
+            "s--",
+            label="held-out set (mean σ$_i$)",
+        )
+    ax_s.set_xlabel("generation")
+    ax_s.set_ylabel("σ (eV/Å)")
+    ax_s.legend()
+    for ax in axes[0]:
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -96,6 +96,22 @@ BAD_INPUTS = {
         "`--output FILE/out.model: FILE is a file, not a folder` / `… cannot write in FOLDER "
         "(Permission denied)`, before any training",
     ),
+    "failing-reference": (
+        "`eip-al --reference` that cannot be imported, or fails / returns NaN on the start "
+        "structure",
+        "`--reference 'nowhere:make': cannot import 'nowhere' …` / `the reference calculator "
+        "failed on start structure 0 (the reference returned non-finite forces on atom 0 (C): "
+        "[nan, nan, nan]); nothing was run`",
+    ),
+    "unreachable-scheduler": (
+        "`eip-al --scheduler` where no Dask scheduler answers",
+        "`--scheduler tcp://127.0.0.1:9: no Dask scheduler answered within 2 s (…)`",
+    ),
+    "workdir-in-use": (
+        "`eip-al --workdir` that holds a run, without `--resume`",
+        "`--workdir FOLDER holds an active-learning run: add --resume to go on with it, or "
+        "choose another --workdir`",
+    ),
     "bad-start": (
         "`eip-al --start FILE@INDEX` out of range",
         "`--start FILE@99: index '99' is not one of 0..7 (FILE holds 8 structures)`",
@@ -124,6 +140,15 @@ def _cases(environment: str, entry_point: str, **matches: str) -> list[Case]:
     ]
 
 
+_EIP_AL_RUN = dict(
+    failing_reference=r"eip-al: error: the reference calculator failed on start structure 0 "
+    r"\(the reference returned non-finite forces on atom 0 \(\w+\): \[nan, nan, nan\]\); "
+    r"nothing was run",
+    unreachable_scheduler=r"eip-al: error: --scheduler tcp://127\.0\.0\.1:9: no Dask scheduler "
+    r"answered within 2 s",
+    workdir_in_use=r"eip-al: error: --workdir al_workdir-in-use holds an active-learning run: "
+    r"add --resume to go on with it",
+)
 _MODEL_FILE = dict(
     missing_model=r"model file \S*missing\.model does not exist",
     empty_model=r"empty\.model is not a MACE model file: the file is empty",
@@ -227,6 +252,7 @@ CASES: list[Case] = [
         r"has non-finite forces",
         out_of_range=r"eip-al: error: invalid threshold=nan",
         bad_start=r"eip-al: error: --start \S*good\.xyz@99: index '99' is not one of 0\.\.7",
+        **_EIP_AL_RUN,
     ),
     # --- NequIP environment -------------------------------------------------------------------
     *_cases(
@@ -243,6 +269,7 @@ CASES: list[Case] = [
         r"has non-finite forces",
         out_of_range=r"eip-al: error: invalid threshold=nan",
         bad_start=r"eip-al: error: --start \S*good\.xyz@99: index '99' is not one of 0\.\.7",
+        **_EIP_AL_RUN,
     ),
     *_cases(
         "nequip",
@@ -353,7 +380,25 @@ def make_workspace(folder: Path, source: Path, model_suffix: str) -> Path:
     (folder / f"empty{model_suffix}").write_bytes(b"")
     (folder / f"garbage{model_suffix}").write_text("garbage\n")
     torch.save({"state_dict": {}}, folder / f"dict{model_suffix}")
+    (folder / "nan_reference.py").write_text(_NAN_REFERENCE)
+    (folder / "al_workdir-in-use").mkdir()
+    (folder / "al_workdir-in-use" / "al_state.json").write_text('{"version": 2, "generations": []}')
     return folder
+
+
+#: an ``eip-al --reference nan_reference:make`` whose forces are NaN
+_NAN_REFERENCE = """from ase.calculators.emt import EMT
+
+
+class NaNForces(EMT):
+    def calculate(self, *args, **kwargs):
+        super().calculate(*args, **kwargs)
+        self.results["forces"][:] = float("nan")
+
+
+def make():
+    return NaNForces()
+"""
 
 
 def truncate_copy(source: Path, target: Path) -> Path:
@@ -462,10 +507,14 @@ def eip_al_argv(case: Case, framework: str, model: str) -> tuple:
         "nan-positions": "nan_positions.xyz@3",
         "bad-start": "good.xyz@99",
     }.get(case.bad_input, "good.xyz@0")
-    extra = ["--threshold", "nan"] if case.bad_input == "out-of-range" else []
+    extra = {
+        "out-of-range": ["--threshold", "nan"],
+        "failing-reference": ["--reference", "nan_reference:make"],
+        "unreachable-scheduler": ["--scheduler", "tcp://127.0.0.1:9", "--scheduler_timeout", "2"],
+    }.get(case.bad_input, [])
     return ("--framework", framework, "--model", model, "--train_file", train, "--start", start,
             "--workdir", f"al_{case.bad_input}", "--steps", "4", "--train_command", "true",
-            "--model_path", "x", *extra)  # fmt: skip
+            "--model_path", "x", "--workers", "0", *extra)  # fmt: skip
 
 
 def check_case(case: Case, made, folder: Path, env: dict) -> None:

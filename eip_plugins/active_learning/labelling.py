@@ -2,88 +2,72 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
-import os
-import sys
 from collections.abc import Callable
 
 import numpy as np
 
+from .references import DEFAULT_REFERENCE, load_reference, tblite_reference
+
+__all__ = [
+    "DEFAULT_REFERENCE",
+    "ENERGY_KEY",
+    "FORCES_KEY",
+    "label_frame",
+    "label_frames",
+    "load_reference",
+    "tblite_reference",
+]
 log = logging.getLogger(__name__)
 
 ENERGY_KEY = "REF_energy"
 FORCES_KEY = "REF_forces"
 
 
-#: ``--reference`` value of the shipped default
-DEFAULT_REFERENCE = "gfn2-xtb"
+def label_frame(
+    frame, make_reference: Callable, energy_key: str = ENERGY_KEY, forces_key: str = FORCES_KEY
+):
+    """Reference energy (eV) and forces (eV/A) of a copy of ``frame``.
 
-
-def tblite_reference():
-    """GFN2-xTB through tblite, the shipped default reference (``pip install tblite``)."""
+    Returns ``(labelled Atoms, None)``, or ``(None, reason)`` when the reference raised (e.g. an
+    SCF that did not converge) or returned non-finite values. Runs on a Dask worker as one task.
+    """
+    atoms = frame.copy()
     try:
-        from tblite.ase import TBLite
-    except ImportError as err:
-        raise ImportError(
-            "the default reference, GFN2-xTB, needs tblite, which is not installed: "
-            'pip install "eip-plugins[label]" (or pip install tblite), or pass your own '
-            "reference with --reference MODULE:FUNCTION"
-        ) from err
-    return TBLite(method="GFN2-xTB", verbosity=0)
-
-
-def load_reference(spec: str) -> Callable:
-    """The reference factory named by ``spec``: ``"gfn2-xtb"`` (:func:`tblite_reference`) or
-    ``"MODULE:FUNCTION"``, a function of no arguments that returns an ASE calculator
-    (e.g. ``"my_refs:make_orca"`` from a ``my_refs.py`` in the working directory)."""
-    if spec == DEFAULT_REFERENCE:
-        return tblite_reference
-    module_name, sep, attribute = spec.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ValueError(
-            f"--reference {spec!r}: expected {DEFAULT_REFERENCE!r} or MODULE:FUNCTION "
-            "(a function of no arguments returning an ASE calculator)"
+        atoms.calc = make_reference()
+        energy = float(atoms.get_potential_energy())
+        # the reference's own forces: constraints (FixAtoms, FixCom) must not edit labels
+        forces = np.array(atoms.get_forces(apply_constraint=False), dtype=float)
+    except Exception as err:  # noqa: BLE001 - any reference failure skips the frame
+        return None, f"{type(err).__name__}: {err}".splitlines()[0]
+    if not np.isfinite(energy):
+        return None, f"the reference returned a non-finite energy ({energy})"
+    bad = np.flatnonzero(~np.isfinite(forces).all(axis=1))
+    if bad.size:
+        i = int(bad[0])
+        return None, (
+            f"the reference returned non-finite forces on atom {i} "
+            f"({atoms.get_chemical_symbols()[i]}): {forces[i].tolist()}"
         )
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # a module next to the user, as `python -m` would see it
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as err:
-        raise ValueError(f"--reference {spec!r}: cannot import {module_name!r} ({err})") from err
-    factory = getattr(module, attribute, None)
-    if not callable(factory):
-        raise ValueError(f"--reference {spec!r}: {module_name} has no function {attribute!r}")
-    return factory
+    atoms.calc = None
+    atoms.info[energy_key] = energy
+    atoms.arrays[forces_key] = forces
+    return atoms, None
 
 
 def label_frames(
     frames, make_reference: Callable, energy_key: str = ENERGY_KEY, forces_key: str = FORCES_KEY
 ):
-    """Compute reference energies (eV) and forces (eV/A) for copies of ``frames``.
+    """:func:`label_frame` for every frame, in this process.
 
-    A frame whose reference calculation raises (e.g. SCF not converged) or returns non-finite
-    values is skipped with a warning. Returns (labelled frames, list of (index, reason)).
+    Returns (labelled frames, list of (index, reason) of the skipped ones).
     """
     labelled, failures = [], []
     for i, frame in enumerate(frames):
-        atoms = frame.copy()
-        try:
-            atoms.calc = make_reference()
-            energy = float(atoms.get_potential_energy())
-            # the reference's own forces: constraints (FixAtoms, FixCom) must not edit labels
-            forces = np.array(atoms.get_forces(apply_constraint=False), dtype=float)
-        except Exception as err:  # noqa: BLE001 - any reference failure skips the frame
-            reason = f"{type(err).__name__}: {err}".splitlines()[0]
+        atoms, reason = label_frame(frame, make_reference, energy_key, forces_key)
+        if atoms is None:
             log.warning("reference calculation failed for frame %d (skipped): %s", i, reason)
             failures.append((i, reason))
-            continue
-        if not (np.isfinite(energy) and np.isfinite(forces).all()):
-            log.warning("reference gave non-finite values for frame %d (skipped)", i)
-            failures.append((i, "non-finite reference values"))
-            continue
-        atoms.calc = None
-        atoms.info[energy_key] = energy
-        atoms.arrays[forces_key] = forces
-        labelled.append(atoms)
+        else:
+            labelled.append(atoms)
     return labelled, failures

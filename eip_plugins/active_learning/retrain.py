@@ -31,7 +31,7 @@ class CommandRetrainer:
 
     def __call__(self, train_file: Path, gen_dir: Path, generation: int, model: str) -> str:
         fields = dict(train_file=train_file, gen_dir=gen_dir, generation=generation, model=model)
-        argv = shlex.split(self.command.format(**fields))
+        argv = shlex.split(fill_placeholders(self.command, fields))
         log_path = Path(gen_dir) / "train.log"
         log.info("retraining: %s (log: %s)", " ".join(argv), log_path)
         with open(log_path, "w") as handle:
@@ -42,7 +42,15 @@ class CommandRetrainer:
                 f"retraining failed with exit code {proc.returncode}; see {log_path}:\n"
                 + "\n".join(tail)
             )
-        path = Path(self.model_path.format(**fields))
+        path = Path(fill_placeholders(self.model_path, fields))
         if not path.exists():
             raise FileNotFoundError(f"retraining finished but wrote no model at {path}")
         return str(path)
+
+
+def fill_placeholders(template: str, fields: dict) -> str:
+    """Replace ``{name}`` for each name of ``fields``; every other brace is left as it is (a
+    MACE ``--E0s={1: -13.6, 8: -2041.8}`` in a training command must survive)."""
+    for name, value in fields.items():
+        template = template.replace("{" + name + "}", str(value))
+    return template

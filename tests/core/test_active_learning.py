@@ -4,14 +4,15 @@ The end-to-end run through a framework's own training CLI is in the framework su
 """
 
 import json
+import sys
+from pathlib import Path
 
 import ase.io
 import numpy as np
 import pytest
-import torch
+from al_helpers import ToyUQCalculator, base_training_set
 from ase.build import molecule
 from ase.calculators.emt import EMT
-from core_helpers import ToyBackbone, make_head
 
 from eip_plugins.active_learning import (
     ActiveLearningLoop,
@@ -20,34 +21,8 @@ from eip_plugins.active_learning import (
     label_frames,
     select_uncertain_frames,
 )
-from eip_plugins.ase_calculator import UncertaintyCalculator
 from eip_plugins.core import UDDConfig
 from eip_plugins.dynamics import MDSettings
-
-
-class ToyUQCalculator(UncertaintyCalculator):
-    """Harmonic pair energy + an e2ip head on a toy equivariant featuriser."""
-
-    known_atomic_numbers = {1, 6, 8}
-
-    def __init__(self, udd=None):
-        super().__init__(udd=udd)
-        self.backbone = ToyBackbone()
-        self.head = make_head("e2ip", self.backbone.irreps_out, seed=3).eval()
-        self.r0 = None
-
-    def evaluate_model(self, atoms, keep_graph):
-        pos = torch.tensor(atoms.get_positions(), dtype=torch.float64, requires_grad=True)
-        d = torch.cdist(pos, pos) + torch.eye(len(pos), dtype=torch.float64)
-        if self.r0 is None:
-            self.r0 = d.detach().clone()
-        energy = 0.5 * ((d - self.r0) ** 2).triu(1).sum()
-        (grad,) = torch.autograd.grad(energy, pos, create_graph=keep_graph)
-        forces = -grad
-        params, distance_sq = self.head.forward_with_distance(self.backbone(pos), forces)
-        out = self.head.fields(params, torch.zeros(len(pos), dtype=torch.long), 1, distance_sq)
-        out.update(energy=energy, forces=forces, positions=pos)
-        return out
 
 
 def test_calculator_results_and_bad_input():
@@ -147,26 +122,13 @@ def test_md_frames_do_not_carry_the_thermostat_constraint():
     np.testing.assert_allclose(com[-1], com[0], atol=1e-8)
 
 
-def _base_training_set(path, n=5):
-    frames = []
-    for i in range(n):
-        a = molecule("CH3CH2OH")
-        a.rattle(0.02, seed=100 + i)
-        a.calc = EMT()
-        a.info["REF_energy"] = a.get_potential_energy()
-        a.arrays["REF_forces"] = a.get_forces()
-        a.calc = None
-        frames.append(a)
-    ase.io.write(path, frames, format="extxyz")
-
-
 class Interrupt(Exception):
     pass
 
 
 def test_loop_two_generations_resume_without_duplicates(tmp_path):
     train = tmp_path / "train.xyz"
-    _base_training_set(train)
+    base_training_set(train)
     original = train.read_bytes()
     calls = []
 
@@ -215,8 +177,19 @@ def test_loop_two_generations_resume_without_duplicates(tmp_path):
     assert len(keys) == len(set(keys))
     n_added = sum(g["n_added"] for g in state["generations"])
     assert len(final) == 5 + n_added and n_added > 0
-    for name in ("trajectory.xyz", "md_log.txt", "md.png", "selected.xyz", "labelled.xyz"):
-        assert (tmp_path / "al" / "gen_002" / name).exists(), name
+    gen2 = tmp_path / "al" / "gen_002"
+    for name in (
+        "walker_00/trajectory.xyz",
+        "walker_00/md_log.txt",
+        "walker_00/done.json",
+        "md.png",
+        "selected.xyz",
+        "labelled.xyz",
+        "labels/0000.xyz",
+    ):
+        assert (gen2 / name).exists(), name
+    assert (tmp_path / "al" / "al_summary.json").exists()
+    assert (tmp_path / "al" / "al_summary.png").exists()
     assert 0.0 <= state["generations"][1]["entropy"] <= 1.0
 
 
@@ -242,7 +215,7 @@ def test_md_records_the_feature_distance_and_frames_can_be_selected_on_it(tmp_pa
 
 def test_a_reference_that_cannot_be_created_stops_the_loop_before_any_md(tmp_path):
     train = tmp_path / "train.xyz"
-    _base_training_set(train)
+    base_training_set(train)
     calculators = []
 
     def missing_tblite():
@@ -271,7 +244,7 @@ def _eip_al_cli(tmp_path, *extra, hide_tblite=False):
     import sys
 
     train = tmp_path / "train.xyz"
-    _base_training_set(train)
+    base_training_set(train)
     (tmp_path / "unread.model").write_text("the reference is checked before the model is read")
     argv = [
         "--framework", "mace", "--model", "unread.model", "--train_file", str(train),
@@ -307,7 +280,7 @@ def test_eip_al_reference_option_loads_a_user_factory_and_refuses_bad_ones(tmp_p
     for spec, message in (
         ("nowhere_module:f", "cannot import 'nowhere_module'"),
         ("my_refs:absent", "my_refs has no function 'absent'"),
-        ("orca", "expected 'gfn2-xtb' or MODULE:FUNCTION"),
+        ("orca", "expected 'tblite', 'pyscf', 'external' or MODULE:FUNCTION"),
     ):
         proc = _eip_al_cli(tmp_path, "--reference", spec)
         assert proc.returncode == 2, spec
@@ -323,6 +296,49 @@ def test_load_reference_returns_the_user_factory(tmp_path, monkeypatch):
     )
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert load_reference("gfn2-xtb") is tblite_reference
+    assert load_reference("gfn2-xtb") == tblite_reference == load_reference("tblite")
     factory = load_reference("my_emt:make")
     assert type(factory()).__name__ == "EMT"
+
+
+def test_training_command_keeps_braces_that_are_not_placeholders(tmp_path):
+    from eip_plugins.active_learning import CommandRetrainer
+
+    script = tmp_path / "train.py"
+    script.write_text("import sys, pathlib\npathlib.Path(sys.argv[2]).write_text(sys.argv[1])\n")
+    retrain = CommandRetrainer(
+        f"{sys.executable} {script} '--E0s={{1: -13.6, 8: -2041.8}} {{train_file}}' "
+        "{gen_dir}/model.model",
+        "{gen_dir}/model.model",
+    )
+    model = retrain(tmp_path / "train.xyz", tmp_path, 1, "m0")
+    assert Path(model).read_text() == f"--E0s={{1: -13.6, 8: -2041.8}} {tmp_path / 'train.xyz'}"
+
+
+def test_a_saved_walker_is_reused_only_for_the_same_model_and_settings(tmp_path):
+    from dataclasses import replace
+
+    from eip_plugins.active_learning.walkers import (
+        WalkerTask,
+        load_walker,
+        plan_walkers,
+        run_walker,
+        save_walker,
+        walker_signature,
+    )
+
+    (walker,) = plan_walkers(generation=2, walkers=1, n_starts=3, seed=10)
+    assert (walker.start_index, walker.seed) == (1, 12)
+    task = WalkerTask(walker, "m.model", molecule("CH3CH2OH"), MDSettings(steps=6, record_every=2),
+                      UDDConfig(A=1.0), lambda model, udd: ToyUQCalculator(udd=udd))  # fmt: skip
+    traj = run_walker(task)
+    save_walker(tmp_path / walker.name, walker, traj, walker_signature(task))
+    again = load_walker(tmp_path / walker.name, walker, walker_signature(task))
+    assert len(again.frames) == len(traj.frames) == 4
+    np.testing.assert_array_equal(again.log["uncertainty"], traj.log["uncertainty"])
+    for changed in (
+        replace(task, model="other.model"),
+        replace(task, md=replace(task.md, steps=8)),
+        replace(task, udd=None),
+    ):
+        assert load_walker(tmp_path / walker.name, walker, walker_signature(changed)) is None

@@ -1,5 +1,6 @@
-"""eip-al end to end: UDD-MD with MACEUQCalculator, GFN2-xTB labels (tblite), retraining through
-MACE's own mace_run_train, two generations, resumed after the first."""
+"""eip-al end to end: 4 UDD walkers per generation with MACEUQCalculator on a LocalCluster of 2
+Dask workers, GFN2-xTB labels (tblite), retraining through MACE's own mace_run_train, two
+generations, resumed with --resume after the first, scored on a held-out set."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from eip_plugins.active_learning import frame_key
 EIP_AL = str(BIN / "eip-al")
 
 
-def test_two_generations_with_resume(e2ip_run, data, tmp_path):
+def test_two_generations_of_four_walkers_on_dask_with_resume(e2ip_run, data, tmp_path):
     train_cmd = " ".join(
         shlex.quote(a)
         for a in [
@@ -34,43 +35,38 @@ def test_two_generations_with_resume(e2ip_run, data, tmp_path):
     )
     workdir = tmp_path / "al"
     base = [
-        EIP_AL,
-        "--framework",
-        "mace",
-        "--model",
-        e2ip_run["model"],
-        "--train_file",
-        data["tiny_train"],
-        "--start",
-        f"{data['test_300K']}@0",
-        "--workdir",
-        workdir,
-        "--dynamics",
-        "udd",
-        "--steps",
-        "30",
-        "--record_every",
-        "3",
-        "--max_frames",
-        "3",
-        "--min_spacing",
-        "2",
-        "--train_command",
-        train_cmd,
-        "--model_path",
-        "{gen_dir}/model.model",
-    ]
+        EIP_AL, "--framework", "mace", "--model", e2ip_run["model"],
+        "--train_file", data["tiny_train"], "--start", data["test_300K"],
+        "--walkers", "4", "--workers", "2", "--workdir", workdir,
+        "--dynamics", "udd", "--steps", "20", "--record_every", "2",
+        "--max_frames", "3", "--min_spacing", "2", "--holdout", data["tiny_valid"],
+        "--train_command", train_cmd, "--model_path", "{gen_dir}/model.model",
+    ]  # fmt: skip
     run_cli([*base, "--generations", "1"], tmp_path)
     first = json.loads((workdir / "al_state.json").read_text())
     assert len(first["generations"]) == 1
     gen1_train = (workdir / "gen_001" / "train.xyz").read_bytes()
 
-    proc = run_cli([*base, "--generations", "2"], tmp_path)
+    refused = run_cli([*base, "--generations", "2"], tmp_path, check=False)
+    assert refused.returncode == 2 and "add --resume" in refused.stderr.strip().splitlines()[-1]
+
+    proc = run_cli([*base, "--generations", "2", "--resume"], tmp_path)
     state = json.loads((workdir / "al_state.json").read_text())
     assert [g["generation"] for g in state["generations"]] == [1, 2]
     assert state["generations"][0] == first["generations"][0]  # not redone
     assert (workdir / "gen_001" / "train.xyz").read_bytes() == gen1_train
-    assert "generation 2" in proc.stdout
+    assert "generation 2: 4 walker(s)" in proc.stdout
+
+    for g in state["generations"]:
+        gen_dir = workdir / f"gen_{g['generation']:03d}"
+        assert [w["start_index"] for w in g["walkers"]] == [
+            (g["generation"] - 1) * 4 + w for w in range(4)
+        ]
+        for w in range(4):
+            assert (gen_dir / f"walker_{w:02d}" / "done.json").exists()
+        assert (gen_dir / "model.model").exists()
+        assert 0.0 <= g["entropy"] <= 1.0 and g["stable"]
+        assert g["holdout"]["force_mae"] > 0 and g["holdout"]["mean_sigma"] > 0
 
     base_frames = ase.io.read(data["tiny_train"], ":")
     final = ase.io.read(workdir / "gen_002" / "train.xyz", ":")
@@ -80,6 +76,6 @@ def test_two_generations_with_resume(e2ip_run, data, tmp_path):
     assert added > 0 and len(final) == len(base_frames) + added
     labelled = ase.io.read(workdir / "gen_002" / "labelled.xyz", ":")
     assert all("REF_energy" in a.info and "REF_forces" in a.arrays for a in labelled)
-    for g in state["generations"]:
-        assert (workdir / f"gen_{g['generation']:03d}" / "model.model").exists()
-        assert 0.0 <= g["entropy"] <= 1.0 and g["stable"]
+    rows = json.loads((workdir / "al_summary.json").read_text())
+    assert [r["generation"] for r in rows] == [0, 1, 2]
+    assert all(r["holdout_force_mae"] > 0 for r in rows)
