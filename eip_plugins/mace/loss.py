@@ -9,7 +9,10 @@ Two force objectives (``--eip_force_objective``):
 - ``detached`` (default): loss = MACE's own loss (whatever ``--loss`` and its weights build, the
   same module MACE trains a plain model with) + mean_i w_i L_i, where the head reads detached
   node features and forces while training; the evidential term trains the head only, MACE's
-  loss the model.
+  loss the model. The validation loss is MACE's loss alone (:meth:`EvidentialLoss.recording`):
+  checkpoint selection, the learning-rate schedule and early stopping are a plain model's. With
+  the head's RNG isolation and separate gradient clipping (:mod:`.registration`,
+  :mod:`.clipping`) the model is bit-identical to a plain run of the same seed.
 - ``nll`` (the papers' recipe):
 
   loss = mean_i w_i * L_i(head(node_feats, F_pred, species)_i, F_ref_i)
@@ -85,7 +88,10 @@ class EvidentialLoss(nn.Module):
         if self._records is not None:
             self._record(head, params, pred["forces"], forces_ref, atom_weight > 0)
         if self.mean_loss is not None:  # detached: MACE's loss trains the model, NLL the head
-            return self.mean_loss(pred=pred, ref=ref) + force_term
+            model_loss = self.mean_loss(pred=pred, ref=ref)
+            if self._records is not None:  # validation: the model's loss alone (see recording)
+                return model_loss
+            return model_loss + force_term
 
         energy_err = (pred["energy"] - ref["energy"]).abs()
         if self.config.per_atom_energy:
@@ -95,7 +101,15 @@ class EvidentialLoss(nn.Module):
 
     @contextmanager
     def recording(self):
-        """Within the context, record per-atom sigma, error and NLL; yields the record dict."""
+        """Within the context, record per-atom sigma, error and NLL; yields the record dict.
+
+        MACE's ``evaluate`` (each epoch's validation, the final error tables) runs in it. With
+        the ``detached`` objective the loss returned there is MACE's own loss alone: the
+        validation loss that selects the best checkpoint, drives the learning-rate plateau
+        schedule and early stopping is the one a plain model would have (as NequIP's
+        ``config_with_eip`` monitors the force and energy MAE), so the head changes neither the
+        model's training nor which epoch is kept. The head's quality is logged beside it
+        (``NLL_F``, ``Spearman_F``, ``ROC_AUC_F``)."""
         self._records = {"sigma": [], "error": [], "nll": []}
         try:
             yield self._records

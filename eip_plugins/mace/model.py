@@ -81,6 +81,10 @@ class EvidentialMACE(nn.Module):
         config: the head's hyperparameters.
 
     Forward: MACE's signature and output dict, plus the uncertainty fields (module docstring).
+    In a MACE optimisation step (the module in training mode and ``training=True``) the fields
+    are left out: the loss (:class:`eip_plugins.mace.loss.EvidentialLoss`) evaluates the head
+    on the step's node features and forces itself. Call ``.eval()`` (as ``MACEUQCalculator``
+    does) to get them with the graph kept (``training=True``, for UDD bias forces).
     """
 
     def __init__(self, backbone: nn.Module, config: HeadConfig):
@@ -133,7 +137,10 @@ class EvidentialMACE(nn.Module):
         )
         node_feats = out["node_feats"]
         forces = out["forces"]
-        if node_feats is not None and forces is not None:
+        # MACE's optimisation steps (module in training mode, training=True): the loss computes
+        # the head itself (EvidentialLoss), so it is not computed here a second time
+        loss_step = training and self.training
+        if node_feats is not None and forces is not None and not loss_step:
             num_graphs = data["ptr"].numel() - 1
             species = torch.argmax(data["node_attrs"], dim=-1)
             if lammps_mliap:  # LAMMPS passes the edge vectors (receiver - sender) itself
@@ -175,16 +182,30 @@ def head_config_of(model: nn.Module) -> HeadConfig:
 
 def mean_squared_force(train_loader, max_batches: int = 200) -> float:
     """Mean squared reference force component <F_c^2> over (at most ``max_batches`` of) the
-    training set, (eV/A)^2, counting atoms whose structure has a non-zero forces weight."""
+    training set, (eV/A)^2, counting atoms whose structure has a non-zero forces weight.
+
+    The loader's own random generators (MACE seeds one for shuffling) are left as they were, so
+    that the training epochs see the batches a plain run of the same seed sees."""
+    generators = {
+        id(g): g
+        for g in (getattr(train_loader, "generator", None),
+                  getattr(getattr(train_loader, "sampler", None), "generator", None))
+        if isinstance(g, torch.Generator)
+    }  # fmt: skip
+    states = {key: g.get_state() for key, g in generators.items()}
     total, count = 0.0, 0
-    for i, batch in enumerate(train_loader):
-        if i >= max_batches:
-            break
-        weight = (batch.weight * batch.forces_weight)[batch.batch]
-        mask = weight > 0
-        forces = batch.forces[mask]
-        total += float(forces.double().pow(2).sum())
-        count += forces.numel()
+    try:
+        for i, batch in enumerate(train_loader):
+            if i >= max_batches:
+                break
+            weight = (batch.weight * batch.forces_weight)[batch.batch]
+            mask = weight > 0
+            forces = batch.forces[mask]
+            total += float(forces.double().pow(2).sum())
+            count += forces.numel()
+    finally:
+        for key, g in generators.items():
+            g.set_state(states[key])
     if count == 0:
         raise ValueError("the training set has no atoms with reference forces")
     return total / count

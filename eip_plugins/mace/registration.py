@@ -14,7 +14,12 @@ Patch points, all pass-through unless ``--head`` is set (i.e. ``--head none`` is
     - ``mace.tools.check_args``: validates them after MACE's own checks, before any data is read;
       a bad input exits with one ``mace_run_train: error: ...`` line.
     - ``get_loss_fn`` / ``get_swa``: the evidential loss (:mod:`.loss`) for stage one and two.
-    - ``configure_model``: wraps MACE's model in :class:`.model.EvidentialMACE`, psi0 from data.
+    - ``configure_model``: wraps MACE's model in :class:`.model.EvidentialMACE`, psi0 from data
+      (on a forked RNG, with the train loader's generator restored: the head takes no random
+      numbers from the run).
+    - ``mace.tools.train.take_step`` / ``take_step_lbfgs``: with the ``detached`` objective the
+      head's and the model's gradients are clipped as two groups (:mod:`.clipping`), so that
+      the model trains exactly as without a head.
     - ``get_params_options``: adds the head's parameters to the optimizer (group ``eip_head``).
     - ``mace.tools.train``: once training has finished, every model MACE loads back for saving
       (``checkpoint_handler.load_latest``, stage one and two) gets its feature statistics and
@@ -100,7 +105,7 @@ def _register_run_train(run_train) -> None:
 
     import mace.tools
 
-    from . import evaluation
+    from . import clipping, evaluation
 
     # ``mace.tools.train`` is shadowed by the function ``train`` on the package: use the modules.
     train_module = importlib.import_module("mace.tools.train")
@@ -118,6 +123,8 @@ def _register_run_train(run_train) -> None:
     if not isinstance(run_train.jit, _ReportingJit):
         run_train.jit = _ReportingJit(run_train.jit)
     train_module.evaluate = evaluation.wrap_evaluate(train_module.evaluate)
+    train_module.take_step = clipping.wrap_step(train_module.take_step)
+    train_module.take_step_lbfgs = clipping.wrap_step(train_module.take_step_lbfgs)
     train_module.valid_err_log = evaluation.wrap_valid_err_log(train_module.valid_err_log)
     tables.evaluate = evaluation.wrap_evaluate(tables.evaluate)
     run_train.create_error_table = evaluation.wrap_create_error_table(
@@ -230,6 +237,8 @@ def _wrap_configure_model(configure_model):
         return configure_model
 
     def configure_evidential_model(args, train_loader, *rest, **kwargs):
+        import torch
+
         from .arguments import head_config_from_args, head_enabled
         from .model import mean_squared_force, wrap_model
 
@@ -237,11 +246,18 @@ def _wrap_configure_model(configure_model):
         if not head_enabled(args):
             return model, output_args
         config = head_config_from_args(args)
-        psi0 = args.eip_psi0
-        if psi0 is None and args.head in ("e2ip", "mve"):
-            psi0 = mean_squared_force(train_loader)
-            logging.info(f"eip head: psi0 = <F_c^2> over the training set = {psi0:.6g} (eV/A)^2")
-        model = wrap_model(model, config, psi0)
+        # the head takes no random numbers from the run: its initialisation and the pass over
+        # the training set for psi0 (a shuffled loader draws a seed) happen on a forked RNG, so
+        # that MACE shuffles, initialises and trains exactly as in a plain run of the same seed
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(args.seed))
+            psi0 = args.eip_psi0
+            if psi0 is None and args.head in ("e2ip", "mve"):
+                psi0 = mean_squared_force(train_loader)
+                logging.info(
+                    f"eip head: psi0 = <F_c^2> over the training set = {psi0:.6g} (eV/A)^2"
+                )
+            model = wrap_model(model, config, psi0)
         state = _state(args)
         state["head"] = model.head
         if "loss" in state:

@@ -140,6 +140,62 @@ def test_detached_objective_trains_the_model_with_maces_own_loss(e2ip_run, data)
         EvidentialLoss(config)
 
 
+def test_an_optimisation_step_evaluates_the_head_once(e2ip_run, data):
+    """MACE's optimisation step (module in training mode, ``training=True``): the model leaves
+    the head to the loss, so the head runs once per step; in eval mode with ``training=True``
+    (the calculator's UDD path) the fields are there, differentiable in the positions."""
+    model = _load(e2ip_run["model"]).train()
+    _, d = _batch(model, data["test_300K"])
+    calls = []
+    evaluate = model.head.forward_with_distance
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return evaluate(*args, **kwargs)
+
+    model.head.forward_with_distance = counted
+    config = head_config_of(model)
+    from mace.modules.loss import WeightedEnergyForcesLoss
+
+    mace_loss = WeightedEnergyForcesLoss(energy_weight=1.0, forces_weight=100.0)
+    loss_fn = EvidentialLoss(config, mean_loss=mace_loss).attach(model.head)
+    out = model(dict(d), training=True, compute_force=True)
+    assert keys.FORCES_UNCERTAINTY not in out and not calls
+    loss = loss_fn(out, _AttributeDict(d))
+    loss.backward()
+    assert len(calls) == 1 and torch.isfinite(loss)
+    assert all(
+        p.grad is not None and torch.isfinite(p.grad).all()
+        for p in model.head.parameters()
+        if p.requires_grad
+    )
+    model.eval()
+    positions = d["positions"].clone().requires_grad_(True)
+    out = model({**d, "positions": positions}, training=True, compute_force=True)
+    assert len(calls) == 2 and all(out[key] is not None for key in FIELDS)
+    (grad,) = torch.autograd.grad(out[keys.FORCES_UNCERTAINTY].sum(), positions)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+
+
+def test_the_detached_validation_loss_is_maces_own(e2ip_run, data):
+    """In MACE's evaluate (the loss's recording context) the detached objective returns MACE's
+    loss alone: checkpoint selection and the LR schedule are a plain model's; the head's NLL is
+    still recorded."""
+    from mace.modules.loss import WeightedEnergyForcesLoss
+
+    model = _load(e2ip_run["model"])
+    _, d = _batch(model, data["test_300K"])
+    mace_loss = WeightedEnergyForcesLoss(energy_weight=1.0, forces_weight=100.0)
+    loss_fn = EvidentialLoss(head_config_of(model), mean_loss=mace_loss).attach(model.head)
+    out = model(dict(d), training=False, compute_force=True)
+    ref = _AttributeDict(d)
+    with loss_fn.recording() as records:
+        validation = loss_fn(out, ref)
+    torch.testing.assert_close(validation, mace_loss(pred=out, ref=ref), rtol=0, atol=0)
+    assert len(records["nll"]) == 1 and torch.isfinite(records["nll"][0]).all()
+    assert float(loss_fn(out, ref) - validation) != 0.0  # training steps add the head's term
+
+
 def test_calculator_returns_fields(e2ip_run, data):
     atoms = ase.io.read(data["test_300K"], index=0)
     calc = MACEUQCalculator(model_paths=str(e2ip_run["model"]), default_dtype="float64")
