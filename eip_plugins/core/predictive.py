@@ -111,7 +111,10 @@ class IndependentStudentT:
             sl = slice(start, start + 2048)
             sub = IndependentStudentT(self.loc[sl], self.scale[sl], self.df[sl])
             samples = sub.sample(self.n_mc, gen)  # (m, n, 3)
-            lp_samples = torch.stack([sub.log_prob(s) for s in samples])  # (m, n)
+            # log densities of the samples, 256 samples at a time (broadcast over atoms)
+            lp_samples = torch.cat(
+                [sub.log_prob(samples[i : i + 256]) for i in range(0, self.n_mc, 256)]
+            )  # (m, n)
             lp_y = sub.log_prob(y[sl])
             levels.append((lp_samples > lp_y).to(y.dtype).mean(0))
         return torch.cat(levels).detach()
