@@ -92,9 +92,12 @@ BAD_INPUTS = {
         "`--output must differ from --model: the input model is never modified`",
     ),
     "unwritable-output": (
-        "`--output` that cannot be written (inside a file, a read-only folder)",
-        "`--output FILE/out.model: FILE is a file, not a folder` / `… cannot write in FOLDER "
-        "(Permission denied)`, before any training",
+        "`--output` inside a file",
+        "`--output FILE/out.model: FILE is a file, not a folder`, before any training",
+    ),
+    "read-only-output": (
+        "`--output` in a read-only folder (`/sys`: read-only even for root, as the tests run)",
+        "`--output /sys/out.model: cannot write in /sys (Permission denied)`, before any training",
     ),
     "failing-reference": (
         "`eip-al --reference` that cannot be imported, or fails / returns NaN on the start "
@@ -180,6 +183,7 @@ _NEQUIP_MODEL = dict(
 )
 
 _UNWRITABLE = r"{tool}: error: --output good\.xyz/out\.\w+: good\.xyz is a file, not a folder"
+_READ_ONLY = r"{tool}: error: --output /sys/out\.\w+: cannot write in /sys \(Permission denied\)"
 
 CASES: list[Case] = [
     # --- MACE environment ---------------------------------------------------------------------
@@ -226,6 +230,7 @@ CASES: list[Case] = [
         out_of_range=r"eip-attach: error: .*quantile.*1\.5",
         output_is_input=r"eip-attach: error: --output must differ from --model",
         unwritable_output=_UNWRITABLE.format(tool="eip-attach"),
+        read_only_output=_READ_ONLY.format(tool="eip-attach"),
     ),
     *_cases(
         "mace",
@@ -237,6 +242,7 @@ CASES: list[Case] = [
         out_of_range=r"eip-calibrate: error: invalid density power=0\.5: must be >= 1",
         output_is_input=r"eip-calibrate: error: --output must differ from --model",
         unwritable_output=_UNWRITABLE.format(tool="eip-calibrate"),
+        read_only_output=_READ_ONLY.format(tool="eip-calibrate"),
     ),
     *_cases(
         "mace",
@@ -303,6 +309,7 @@ CASES: list[Case] = [
         out_of_range=r"eip-attach: error: .*quantile.*1\.5",
         output_is_input=r"eip-attach: error: --output must differ from --model",
         unwritable_output=_UNWRITABLE.format(tool="eip-attach"),
+        read_only_output=_READ_ONLY.format(tool="eip-attach"),
     ),
     *_cases(
         "nequip",
@@ -321,6 +328,17 @@ CASES: list[Case] = [
     ),
     *_cases(
         "nequip",
+        "nequip-compile",
+        **{k: "nequip-compile: error: .*" + v for k, v in _NEQUIP_MODEL.items()},
+        truncated_model=r"nequip-compile: error: \S*truncated\.ckpt (is not|could not be loaded "
+        r"as) a NequIP checkpoint",
+        foreign_model=r"nequip-compile: error: \S*mace\.model could not be loaded as a NequIP "
+        r"checkpoint .*No module named 'mace",
+        compiled_model=r"nequip-compile: error: \S*model\.nequip\.pt2 is already a compiled "
+        r"model: nequip-compile needs the checkpoint",
+    ),
+    *_cases(
+        "nequip",
         "eip-calibrate nequip",
         **{k: "eip-calibrate: error: .*" + v for k, v in _NEQUIP_MODEL.items()},
         foreign_model=r"eip-calibrate: error: \S*mace\.model is not a NequIP checkpoint .*"
@@ -329,6 +347,7 @@ CASES: list[Case] = [
         out_of_range=r"eip-calibrate: error: invalid density strength=-1(\.0)?: must be >= 0",
         output_is_input=r"eip-calibrate: error: --output must differ from --model",
         unwritable_output=_UNWRITABLE.format(tool="eip-calibrate"),
+        read_only_output=_READ_ONLY.format(tool="eip-calibrate"),
     ),
 ]
 
@@ -578,6 +597,7 @@ _TOOLS = {  # entry point -> (what the README calls it, framework)
     "eip-al": ("`eip-al`", "MACE"),
     "eip-al nequip": ("`eip-al`", "NequIP"),
     "nequip-train": ("`nequip-train -cn config_with_eip`", None),
+    "nequip-compile": ("`nequip-compile`", None),
 }
 
 

@@ -20,10 +20,12 @@ so it is not hooked; use the ``mace_run_train`` / ``mace_eval_configs`` console 
 
 from __future__ import annotations
 
-import importlib.abc
 import importlib.util
 import os
 import sys
+
+from ..post_import import PostImportFinder
+from ..post_import import install as install_finder
 
 TARGETS = frozenset({"mace.cli.run_train", "mace.cli.eval_configs"})
 DISABLE_ENV = "EIP_PLUGINS_DISABLE"
@@ -41,45 +43,21 @@ def mace_has_plugin_support() -> bool:
         return False
 
 
-class _RegisteringLoader(importlib.abc.Loader):
-    """Delegates to the real loader, then registers the plugin into the executed module."""
+def _register(module) -> None:
+    """Register the plugin into an executed MACE CLI module (unless switched off, or MACE
+    discovers it itself)."""
+    if disabled() or mace_has_plugin_support():
+        return
+    from .registration import register
 
-    def __init__(self, loader):
-        self._loader = loader
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        self._loader.exec_module(module)
-        if disabled() or mace_has_plugin_support():
-            return
-        from .registration import register
-
-        register(module, source="hook")
-
-    def __getattr__(self, name):
-        return getattr(self._loader, name)
+    register(module, source="hook")
 
 
-class MaceHookFinder(importlib.abc.MetaPathFinder):
+class MaceHookFinder(PostImportFinder):
     """Meta-path finder that only reacts to :data:`TARGETS`."""
 
-    def find_spec(self, fullname, path, target=None):
-        if fullname not in TARGETS or disabled():
-            return None
-        for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
-            spec = finder.find_spec(fullname, path, target)
-            if spec is not None:
-                break
-        else:
-            return None
-        if spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        spec.loader = _RegisteringLoader(spec.loader)
-        return spec
+    def __init__(self):
+        super().__init__(TARGETS, _register, active=lambda: not disabled())
 
 
 def installed() -> bool:
@@ -90,12 +68,7 @@ def install() -> bool:
     """Put the finder on ``sys.meta_path`` (once). Returns True if it is installed."""
     if disabled():
         return False
-    if not installed():
-        sys.meta_path.insert(0, MaceHookFinder())
-    for name in TARGETS & set(sys.modules):  # imported before the hook: register now
-        from .registration import register
-
-        register(sys.modules[name], source="hook")
+    install_finder(MaceHookFinder())  # also registers into targets imported before the hook
     return True
 
 

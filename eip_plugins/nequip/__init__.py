@@ -1,7 +1,8 @@
 """NequIP adapter: evidential force uncertainty (eIP, e2IP, MVE heads) for NequIP models.
 
 Imported by ``import nequip`` through the ``nequip.extension`` entry point (``init_always``); the
-import only registers the output fields and the ``ase_uq`` compile target. Everything else is
+import only registers the output fields and the ``ase_uq`` compile target, and makes
+``nequip-compile`` end bad input with one line (:mod:`.compile_errors`). Everything else is
 loaded on first attribute access:
 
 - :func:`EvidentialNequIPGNNModel` -- model builder (``training_module.model._target_``);
@@ -20,11 +21,12 @@ loaded on first attribute access:
 import importlib
 
 try:
-    from . import _fields
+    from . import _fields, compile_errors
     from .compile_targets import register as _register_compile_targets
 
     _fields.register()
     _register_compile_targets()
+    compile_errors.install()
 except ModuleNotFoundError as err:
     if (err.name or "").split(".")[0] != "nequip":
         raise

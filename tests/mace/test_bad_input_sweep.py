@@ -110,6 +110,8 @@ def _head_tool(tool):
             model = output = "head.model"
         if case.bad_input == "unwritable-output":
             output = "good.xyz/out.model"
+        if case.bad_input == "read-only-output":
+            output = "/sys/out.model"  # read-only for root too (the tests run as root)
         argv = ["mace", "--model", model, "--output", output,
                "--train_file", DATA_FILES.get(case.bad_input, "good.xyz"),
                "--valid_file", "valid.xyz"]  # fmt: skip

@@ -229,3 +229,15 @@ def test_bad_input(attached, tmp_path):
 
     assert _sha(plain) == attached["plain_sha"]
     assert not out.exists() and not list(tmp_path.glob(".o.ckpt.*"))
+
+
+def test_nequip_compile_target_ase_uq_refuses_a_plain_model_in_one_line(attached, tmp_path):
+    """``--target ase_uq`` needs a head: one line naming the file and what to do, exit 1, no
+    output written (the other bad model files are in the bad-input sweep)."""
+    out = tmp_path / "plain.nequip.pt2"
+    proc = run_cli(compile_args(attached["plain"], out), cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    assert last.startswith("nequip-compile: error: ") and "plain NequIP model without an " in last
+    assert "eip-attach nequip" in last and "--target ase" in last
+    assert not out.exists() and _sha(attached["plain"]) == attached["plain_sha"]

@@ -18,7 +18,7 @@ from bad_inputs import (
     truncate_copy,
     unusual_valid_structures,
 )
-from nequip_helpers import DATA, NEQUIP_TRAIN, REPO, cli_env
+from nequip_helpers import DATA, NEQUIP_COMPILE, NEQUIP_TRAIN, REPO, cli_env
 
 CASES = cases_for("nequip")
 
@@ -93,6 +93,8 @@ def _head_tool(tool):
             model = output = "head.ckpt"
         if case.bad_input == "unwritable-output":
             output = "good.xyz/out.ckpt"
+        if case.bad_input == "read-only-output":
+            output = "/sys/out.ckpt"  # read-only for root too (the tests run as root)
         argv = ["nequip", "--model", model, "--output", output,
                "--train_file", DATA_FILES.get(case.bad_input, "good.xyz"),
                "--valid_file", "valid.xyz"]  # fmt: skip
@@ -119,6 +121,14 @@ def _nequip_train(case, ws):
     ]  # fmt: skip
 
 
+def _nequip_compile(case, ws):
+    """nequip-compile --target ase_uq (a subprocess: the console script, wrapped on import)"""
+    return [
+        NEQUIP_COMPILE, MODEL_FILES[case.bad_input], "out.nequip.pt2", "--mode", "aotinductor",
+        "--device", "cpu", "--target", "ase_uq",
+    ]  # fmt: skip
+
+
 def _eip_al(case, ws):
     from eip_plugins.active_learning.cli import main
 
@@ -133,6 +143,7 @@ RUNNERS = {
     "eip-attach nequip": _head_tool("eip-attach"),
     "eip-calibrate nequip": _head_tool("eip-calibrate"),
     "nequip-train": _nequip_train,
+    "nequip-compile": _nequip_compile,
 }
 
 
