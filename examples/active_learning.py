@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -104,6 +106,7 @@ def eip_al(model: Path, workdir: Path, args, walkers: int, generations: int, tra
         "--generations", generations, "--dynamics", "udd", "--temperature", args.temperature,
         "--steps", args.steps, "--record_every", 10, "--max_frames", args.max_frames,
         "--min_spacing", 3, "--train_command", train_command,
+        *(["--threshold_max", args.threshold_max] if args.threshold_max is not None else []),
         "--model_path", "{gen_dir}/model.model",
         *(["--holdout", args.out / "holdout.xyz"] if train == "mace" else []),
     ]  # fmt: skip
@@ -118,10 +121,26 @@ def main(argv=None) -> int:
     p.add_argument("--walkers", type=int, default=4)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--steps", type=int, default=500, help="MD steps per walker")
-    p.add_argument("--temperature", type=float, default=600.0, help="K, of the UDD walkers")
+    p.add_argument("--temperature", type=float, default=300.0, help="K, of the UDD walkers")
+    p.add_argument(
+        "--threshold_max",
+        type=float,
+        default=1.0,
+        help="eV/A: frames of higher mean sigma are not labelled (eip-al --threshold_max; the "
+        "600 K run without it labelled broken molecules); a negative value: no bound",
+    )
     p.add_argument("--max_frames", type=int, default=12, help="labelled per generation")
     p.add_argument("--quick", action="store_true", help="tiny run (minutes) to check the script")
+    p.add_argument(
+        "--only",
+        choices=("loop", "timing"),
+        default=None,
+        help="run only the active-learning loop, or only the walker timing (on an idle machine; "
+        "the seed model is reused); the summary is written once both have run",
+    )
     args = p.parse_args(argv)
+    if args.threshold_max < 0:
+        args.threshold_max = None
     if args.quick:
         args.seed_frames, args.epochs, args.generations, args.steps = 10, 2, 1, 20
     args.out.mkdir(parents=True, exist_ok=True)
@@ -132,15 +151,42 @@ def main(argv=None) -> int:
     }
     ase.io.write(args.out / "holdout.xyz", holdout["1200 K"], format="extxyz")
 
-    model = train_seed_model(args.out, args.seed_frames, args.epochs)
+    model = args.out / "seed_model" / "model.model"
+    if args.only != "timing" or not model.exists():
+        model = train_seed_model(args.out, args.seed_frames, args.epochs)
+    if args.only != "timing":
+        write_json(args.out / "loop.json", active_learning(model, holdout, args))
+    if args.only != "loop":
+        timing = {}
+        for walkers in (1, 2, 4):
+            folder = args.out / f"timing_{walkers}_walkers"
+            if folder.exists():  # eip-al refuses a --workdir that holds a run
+                shutil.rmtree(folder)
+            timing[walkers] = run(eip_al(model, folder, args, walkers, 1, "copy"),
+                                  args.out / f"timing_{walkers}.log")  # fmt: skip
+            print(f"one generation, {walkers} walker(s): {timing[walkers]:.0f} s", flush=True)
+        write_json(args.out / "timing.json", {"timing_s": timing, "load": os.getloadavg()})
+    if not ((args.out / "loop.json").exists() and (args.out / "timing.json").exists()):
+        return 0
+    loop = json.loads((args.out / "loop.json").read_text())
+    timing = json.loads((args.out / "timing.json").read_text())
+    summary = {"settings": {k: str(v) for k, v in vars(args).items()}, **loop, **timing}
+    write_json(args.out / "summary.json", summary)
+    (args.out / "summary.md").write_text(summary_markdown(summary))
+    print((args.out / "summary.md").read_text())
+    return 0
+
+
+def active_learning(model: Path, holdout: dict, args) -> dict:
+    """``eip-al`` from the seed model; every generation's model scored on both held-out sets."""
+    from eip_plugins.active_learning import evaluate_holdout
+    from eip_plugins.frameworks import make_uq_calculator
+
     workdir = args.out / "al_run"
     seconds = run(eip_al(model, workdir, args, args.walkers, args.generations, "mace"),
                   args.out / "al_run.log")  # fmt: skip
     rows = json.loads((workdir / "al_summary.json").read_text())
     print(f"eip-al: {args.generations} generations in {seconds / 60:.1f} min", flush=True)
-    from eip_plugins.active_learning import evaluate_holdout
-    from eip_plugins.frameworks import make_uq_calculator
-
     state = json.loads((workdir / "al_state.json").read_text())
     models = [str(model)] + [g["model"] for g in state["generations"]]
     for row, path in zip(rows, models, strict=True):
@@ -149,19 +195,11 @@ def main(argv=None) -> int:
         row["train_frames"] = args.seed_frames + sum(
             g["n_added"] for g in state["generations"][: row["generation"]]
         )
+    return {"generations": rows, "al_wall_s": seconds}
 
-    timing = {}
-    for walkers in (1, 2, 4):
-        folder = args.out / f"timing_{walkers}_walkers"
-        timing[walkers] = run(eip_al(model, folder, args, walkers, 1, "copy"),
-                              args.out / f"timing_{walkers}.log")  # fmt: skip
-        print(f"one generation, {walkers} walker(s): {timing[walkers]:.0f} s", flush=True)
-    summary = {"settings": {k: str(v) for k, v in vars(args).items()}, "generations": rows,
-               "timing_s": timing, "al_wall_s": seconds}  # fmt: skip
-    (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (args.out / "summary.md").write_text(summary_markdown(summary))
-    print((args.out / "summary.md").read_text())
-    return 0
+
+def write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2))
 
 
 def summary_markdown(summary: dict) -> str:
@@ -169,8 +207,8 @@ def summary_markdown(summary: dict) -> str:
     lines = [
         f"Seed model: MACE e2ip on {s['seed_frames']} frames of 300 K ethanol, {s['epochs']} "
         f"epochs; each generation: {s['walkers']} UDD walkers at {s['temperature']} K, "
-        f"{s['steps']} steps each, up to {s['max_frames']} GFN2-xTB labels, retrained from "
-        "scratch.",
+        f"{s['steps']} steps each, up to {s['max_frames']} GFN2-xTB labels of frames with mean "
+        f"σ ≤ {s['threshold_max']} eV/Å, retrained from scratch.",
         "",
         "| generation | training frames | force MAE 1200 K (eV/Å) | force RMSE 1200 K | "
         "mean σ 1200 K | force MAE 300 K | mean σ along the walkers |",

@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="select frames whose score exceeds this (eV/A for the uncertainty); default: none "
         "(the --max_frames highest)",
     )
+    p.add_argument(
+        "--threshold_max",
+        type=float,
+        default=None,
+        help="leave out frames whose score exceeds this: far outside the training data, often "
+        "unphysical (DP-GEN's upper trust level); default: none",
+    )
     p.add_argument("--statistic", choices=("mean", "max"), default="mean", help="per frame")
     p.add_argument("--min_spacing", type=int, default=5, help="in recorded frames of a walker")
     p.add_argument(
@@ -229,6 +236,7 @@ def _settings(args) -> ALSettings:
         udd=UDDConfig(A=args.udd_A, B=args.udd_B, C=args.udd_C, D=args.udd_D, form=args.udd_form),
         select_on=args.select_on,
         threshold=args.threshold,
+        threshold_max=args.threshold_max,
         statistic=args.statistic,
         min_spacing=args.min_spacing,
         max_frames=args.max_frames,

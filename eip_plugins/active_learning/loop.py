@@ -71,6 +71,10 @@ class ALSettings:
             distance of an atom's features to the training atoms, dimensionless, RMS 1 over them).
         threshold: label frames whose selection score exceeds this (eV/A for the uncertainty;
             ``None``: no threshold, take the highest-scoring frames).
+        threshold_max: leave out frames whose score exceeds this (DP-GEN's upper trust level:
+            structures far outside the training data, often unphysical — atoms pushed
+            together, bonds broken — whose labels would pull the model away from the
+            configurations it is for); ``None``: no upper bound.
         statistic: ``"mean"`` or ``"max"`` of the per-atom score per frame.
         min_spacing: minimal distance between selected frames of one walker, in recorded frames.
         max_frames: at most this many frames per generation, the highest-scoring over all walkers.
@@ -83,6 +87,7 @@ class ALSettings:
     udd: UDDConfig = field(default_factory=UDDConfig)
     select_on: str = "uncertainty"
     threshold: float | None = None
+    threshold_max: float | None = None
     statistic: str = "mean"
     min_spacing: int = 5
     max_frames: int = 20
@@ -99,6 +104,19 @@ class ALSettings:
                 raise ValueError(f"invalid {name}={getattr(self, name)!r}: must be >= 1")
         if self.threshold is not None and not np.isfinite(self.threshold):
             raise ValueError(f"invalid threshold={self.threshold!r}: a finite number or None")
+        if self.threshold_max is not None and not np.isfinite(self.threshold_max):
+            raise ValueError(
+                f"invalid threshold_max={self.threshold_max!r}: a finite number or None"
+            )
+        if (
+            self.threshold is not None
+            and self.threshold_max is not None
+            and not self.threshold_max > self.threshold
+        ):
+            raise ValueError(
+                f"invalid threshold_max={self.threshold_max!r}: must exceed "
+                f"threshold={self.threshold!r}"
+            )
 
 
 class ActiveLearningLoop:
@@ -353,10 +371,11 @@ class ActiveLearningLoop:
         s = self.settings
         column = s.select_on if s.statistic == "mean" else f"{s.select_on}_max"
         threshold = -np.inf if s.threshold is None else s.threshold
+        threshold_max = np.inf if s.threshold_max is None else s.threshold_max
         candidates = []
         for w, traj in enumerate(trajectories):
             score = traj.log[column]
-            for i in select_uncertain_frames(score, threshold, s.min_spacing, None):
+            for i in select_uncertain_frames(score, threshold, s.min_spacing, None, threshold_max):
                 candidates.append((-float(score[i]), w, i))
         chosen = sorted(sorted(candidates)[: s.max_frames], key=lambda c: (c[1], c[2]))
         _write_atomic_frames(path, [trajectories[w].frames[i] for _, w, i in chosen])

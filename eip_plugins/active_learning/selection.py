@@ -8,19 +8,28 @@ import numpy as np
 
 
 def select_uncertain_frames(
-    uncertainty: np.ndarray, threshold: float, min_spacing: int = 1, max_frames: int | None = None
+    uncertainty: np.ndarray,
+    threshold: float,
+    min_spacing: int = 1,
+    max_frames: int | None = None,
+    threshold_max: float = np.inf,
 ) -> list[int]:
-    """Indices of frames with uncertainty above ``threshold``, most uncertain first, at least
-    ``min_spacing`` frames apart, at most ``max_frames``; returned in trajectory order.
+    """Indices of frames with uncertainty above ``threshold`` and at most ``threshold_max``,
+    most uncertain first, at least ``min_spacing`` frames apart, at most ``max_frames``;
+    returned in trajectory order.
 
     Args:
         uncertainty: (T,) per-frame uncertainty (mean or max sigma_i), eV/A.
+        threshold_max: frames above it are left out (DP-GEN's upper trust level: structures far
+            beyond anything the model knows, often unphysical).
     """
     if min_spacing < 1:
         raise ValueError(f"invalid min_spacing={min_spacing!r}: must be >= 1")
     u = np.asarray(uncertainty, dtype=float)
     chosen: list[int] = []
     for i in np.argsort(-u, kind="stable"):
+        if not u[i] <= threshold_max:
+            continue
         if not u[i] > threshold:
             break
         if all(abs(int(i) - j) >= min_spacing for j in chosen):

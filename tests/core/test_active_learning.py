@@ -70,6 +70,19 @@ def test_selection_threshold_spacing_and_cap():
     assert select_uncertain_frames(u, 0.5, min_spacing=2) == [1, 5]
     assert len(select_uncertain_frames(u, -1.0, min_spacing=1, max_frames=3)) == 3
     assert select_uncertain_frames(u, 2.0) == []
+    # upper trust level: 0.95 and 0.9 are beyond it and block no neighbour
+    assert select_uncertain_frames(u, 0.5, min_spacing=2, threshold_max=0.85) == [2, 4]
+    assert select_uncertain_frames(u, 0.5, min_spacing=1, threshold_max=0.05) == []
+
+
+def test_threshold_max_is_checked():
+    from eip_plugins.active_learning.loop import ALSettings
+
+    assert ALSettings(threshold=0.1, threshold_max=2.0).threshold_max == 2.0
+    with pytest.raises(ValueError, match="invalid threshold_max=0.1: must exceed threshold=0.5"):
+        ALSettings(threshold=0.5, threshold_max=0.1)
+    with pytest.raises(ValueError, match="invalid threshold_max=inf: a finite number"):
+        ALSettings(threshold_max=float("inf"))
 
 
 def test_labelling_skips_failures():
