@@ -103,3 +103,15 @@ def test_feature_layer_is_refused_for_allegro(allegro_runs, tmp_path):
     last = proc.stdout.strip().splitlines()[-1]
     assert "feature_layer=0" in last and "Allegro" in last
     assert not (tmp_path / "o.ckpt").exists()
+
+
+def test_packaged_allegro_head_gives_the_checkpoints_results(allegro_runs, tmp_path):
+    """nequip-package of the trained Allegro + e2ip checkpoint: the package loads through the
+    calculator and gives the checkpoint's energies, forces and uncertainties to the bit."""
+    package = tmp_path / "allegro_e2ip.nequip.zip"
+    run_cli([BIN / "nequip-package", "build", allegro_runs["trained"], package], cwd=tmp_path)
+    atoms = ase.io.read(DATA / "ethanol_test_300K.xyz", 3)
+    eager = calculator_results(NequIPUQCalculator.from_saved_model(allegro_runs["trained"]), atoms)
+    packaged = calculator_results(NequIPUQCalculator.from_saved_model(str(package)), atoms)
+    for key in ("energy", "forces", keys.FORCES_UNCERTAINTY, keys.FORCES_EPISTEMIC_COV):
+        np.testing.assert_array_equal(packaged[key], eager[key])

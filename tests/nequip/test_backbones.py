@@ -140,3 +140,15 @@ def test_l2_model_reads_its_2e_features_and_attaches(scalar_runs, tmp_path):
     proc = run_cli(cmd, cwd=tmp_path)
     assert "'layer0_convnet'" in proc.stdout and "2e" in proc.stdout
     assert "neighbour list" not in proc.stdout
+
+
+def test_packaged_l2_head_gives_the_checkpoints_results(scalar_runs, tmp_path):
+    """nequip-package of the l_max = 2 e2ip checkpoint: the package gives the checkpoint's
+    energies, forces and uncertainties to the bit."""
+    package = tmp_path / "l2_e2ip.nequip.zip"
+    run_cli([NEQUIP_PACKAGE, "build", scalar_runs["l2"], package], cwd=tmp_path)
+    atoms = ase.io.read(DATA / "ethanol_test_300K.xyz", 1)
+    eager = calculator_results(NequIPUQCalculator.from_saved_model(scalar_runs["l2"]), atoms)
+    packaged = calculator_results(NequIPUQCalculator.from_saved_model(str(package)), atoms)
+    for key in ("energy", "forces", "forces_uncertainty", "forces_epistemic_cov"):
+        np.testing.assert_array_equal(packaged[key], eager[key])
