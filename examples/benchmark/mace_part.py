@@ -65,6 +65,7 @@ class MaceSettings:
         return self.hidden_irreps
 
 
+DEFAULT = MaceSettings()  # the full run's settings
 QUICK = MaceSettings(
     hidden_irreps="8x0e+8x1o",
     num_radial_basis=6,
@@ -194,6 +195,11 @@ def _calc_head(path: str):
     from eip_plugins.mace import MACEUQCalculator
 
     return MACEUQCalculator(model_paths=path, device="cpu", default_dtype="float64")
+
+
+def force_calculator(path: str, plain: bool):
+    """The ASE calculator of one model file: MACE's own for a plain model."""
+    return _calc_plain([path]) if plain else _calc_head(path)
 
 
 def _predict(calc, frames, method: str) -> list[dict]:

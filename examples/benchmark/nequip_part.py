@@ -61,6 +61,7 @@ class NequipSettings:
     attach_epochs: int = 200  # eip-attach head epochs (early stopping on the validation NLL)
 
 
+DEFAULT = NequipSettings()  # the full run's settings
 QUICK = NequipSettings(
     num_layers=2,
     num_features=8,
@@ -199,6 +200,11 @@ def _calc_head(path: str):
     from eip_plugins.nequip import NequIPUQCalculator
 
     return NequIPUQCalculator.from_saved_model(path, device="cpu")
+
+
+def force_calculator(path: str, plain: bool):
+    """The ASE calculator of one model file: NequIP's own for a plain model."""
+    return _calc_plain(path) if plain else _calc_head(path)
 
 
 def _predict(calcs, frames, method: str) -> list[dict]:
