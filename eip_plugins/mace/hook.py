@@ -21,18 +21,17 @@ so it is not hooked; use the ``mace_run_train`` / ``mace_eval_configs`` console 
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 
 from ..post_import import PostImportFinder
 from ..post_import import install as install_finder
+from ..switches import plugins_disabled
 
 TARGETS = frozenset({"mace.cli.run_train", "mace.cli.eval_configs"})
-DISABLE_ENV = "EIP_PLUGINS_DISABLE"
 
 
 def disabled() -> bool:
-    return os.environ.get(DISABLE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return plugins_disabled()
 
 
 def mace_has_plugin_support() -> bool:

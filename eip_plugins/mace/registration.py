@@ -39,12 +39,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import sys
 import weakref
 
+from ..switches import DISABLE_ENV, plugins_disabled
+
 SUPPORTED_MACE_VERSION = "0.3.16"
-DISABLE_ENV = "EIP_PLUGINS_DISABLE"
 _MARK = "__eip_plugins_registered__"
 
 # Per-run state (the loss is built before the model) keyed by id() of MACE's argparse namespace,
@@ -54,7 +54,7 @@ _RUN_STATE: dict = {}
 
 def disabled() -> bool:
     """True when ``EIP_PLUGINS_DISABLE`` is set to a true value (1, true, yes, on)."""
-    return os.environ.get(DISABLE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return plugins_disabled()
 
 
 def mace_version_supported() -> bool:

@@ -24,11 +24,12 @@ from nequip.integrations.mixins import _IntegrationLoaderMixin
 from nequip.nn import ForceStressOutput
 
 from eip_plugins.ase_calculator import UncertaintyCalculator
-from eip_plugins.core import HEAD_KINDS, keys
+from eip_plugins.core import keys
 from eip_plugins.model_files import check_model_archive, error_summary
 
 from . import _fields
 from .compile_targets import ASE_UQ_TARGET
+from .head_module import has_evidential_head
 
 _NO_HEAD = (
     "{what} has no evidential uncertainty outputs ({missing} missing): it is a plain NequIP "
@@ -66,8 +67,7 @@ class NequIPUQCalculator(_IntegrationLoaderMixin, UncertaintyCalculator):
         if not self.compiled:
             if model.training:
                 raise ValueError("call .eval() on the model before building the calculator")
-            # duck-typed: classes of a nequip-package'd model live in the package's namespace
-            if not any(getattr(m, "head_kind", None) in HEAD_KINDS for m in model.modules()):
+            if not has_evidential_head(model):
                 missing = list(_fields.REQUIRED_UNCERTAINTY_FIELDS)
                 raise ValueError(_NO_HEAD.format(what="this model", missing=missing, hint=""))
             model = model.to(self.device)

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import sys
 from typing import Optional
 
 from ..model_files import check_model_archive, error_summary
 from ..post_import import PostImportFinder
 from ..post_import import install as install_finder
+from ..switches import FULL_ERRORS_ENV, plugins_disabled, switched_on
 
 TARGET_MODULE = "nequip.scripts.compile"
 PROG = "nequip-compile"
@@ -40,17 +40,11 @@ class CompileInputError(ValueError):
     """A problem with ``nequip-compile``'s input, reported as one line."""
 
 
-def _switched_on(name: str) -> bool:
-    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-
-
 def _has_head(model) -> bool:
-    from eip_plugins.core import HEAD_KINDS
+    from .head_module import has_evidential_head
 
     modules = model.values() if isinstance(model, dict) else [model]
-    return any(
-        getattr(m, "head_kind", None) in HEAD_KINDS for module in modules for m in module.modules()
-    )
+    return any(has_evidential_head(module) for module in modules)
 
 
 def checked_loader(load_saved_model, target: Optional[str]):
@@ -111,7 +105,7 @@ def wrap_main(module) -> None:
         try:
             return main(args)
         except CompileInputError as err:
-            if _switched_on("EIP_FULL_ERRORS"):
+            if switched_on(FULL_ERRORS_ENV):
                 raise
             print(f"{PROG}: error: {err}", file=sys.stderr)
             raise SystemExit(1) from None
@@ -126,14 +120,12 @@ class CompileHookFinder(PostImportFinder):
     """Wraps ``nequip.scripts.compile`` once it is imported (:func:`wrap_main`)."""
 
     def __init__(self):
-        super().__init__(
-            [TARGET_MODULE], wrap_main, active=lambda: not _switched_on("EIP_PLUGINS_DISABLE")
-        )
+        super().__init__([TARGET_MODULE], wrap_main, active=lambda: not plugins_disabled())
 
 
 def install() -> None:
     """Called on ``import nequip``; never fails the import."""
-    if _switched_on("EIP_PLUGINS_DISABLE"):
+    if plugins_disabled():
         return
     try:
         install_finder(CompileHookFinder())

@@ -77,6 +77,15 @@ class EdgeFeatureTap(GraphModuleMixin, torch.nn.Module):
         return data
 
 
+def has_evidential_head(model: torch.nn.Module) -> bool:
+    """Whether ``model`` contains an :class:`EvidentialHeadOutput`; duck-typed (its
+    ``head_kind``), since the classes of a ``nequip-package``'d model live in the package's
+    namespace."""
+    from eip_plugins.core import HEAD_KINDS
+
+    return any(getattr(m, "head_kind", None) in HEAD_KINDS for m in model.modules())
+
+
 class EvidentialHeadOutput(GraphModuleMixin, torch.nn.Module):
     """Force model + evidential head.
 

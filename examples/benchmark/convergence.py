@@ -141,9 +141,9 @@ def run(args) -> dict:
                     },
                 }
             )
-            write_json(out / "convergence.json", result(args, settings, data, runs, t0))
+            common.write_json(out / "convergence.json", result(args, settings, data, runs, t0))
     summary = result(args, settings, data, runs, t0)
-    write_json(out / "convergence.json", summary)
+    common.write_json(out / "convergence.json", summary)
     (out / "convergence.md").write_text(markdown(summary))
     plot(summary, out / "convergence.png")
     LOG.info("wrote %s (%.1f min)", out / "convergence.md", (time.perf_counter() - t0) / 60)
@@ -161,10 +161,6 @@ def result(args, settings, data: Path, runs: list[dict], t0: float) -> dict:
         "runs": runs,
         "wall_s": time.perf_counter() - t0,
     }
-
-
-def write_json(path: Path, obj) -> None:
-    common.write_json(path, obj)
 
 
 # -- report ----------------------------------------------------------------------------------------
