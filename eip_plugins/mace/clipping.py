@@ -17,6 +17,8 @@ import functools
 
 import torch
 
+from ..core.clipping import clip_head_and_model_apart
+
 
 @contextlib.contextmanager
 def separate_head_clipping(head: torch.nn.Module):
@@ -31,12 +33,11 @@ def separate_head_clipping(head: torch.nn.Module):
         if isinstance(parameters, torch.Tensor):
             parameters = [parameters]
         parameters = list(parameters)
-        head_part = [p for p in parameters if id(p) in head_ids]
-        if not head_part:
+        if not any(id(p) in head_ids for p in parameters):
             return original(parameters, max_norm, *args, **kwargs)
-        model_part = [p for p in parameters if id(p) not in head_ids]
-        original(head_part, max_norm, *args, **kwargs)
-        return original(model_part, max_norm, *args, **kwargs)
+        return clip_head_and_model_apart(
+            parameters, head_ids, max_norm, *args, clip=original, **kwargs
+        )
 
     torch.nn.utils.clip_grad_norm_ = clip_in_two_groups
     try:

@@ -14,6 +14,8 @@ loaded on first attribute access:
 - :class:`NequIPUQCalculator` -- ASE calculator with uncertainties;
 - :class:`UncertaintyCalibration` -- ``trainer.callbacks`` entry that fits the head's feature
   statistics and recalibration scale into the checkpoints when training ends;
+- :class:`DetachedHeadClipping` -- ``trainer.callbacks`` entry: Lightning's gradient clipping
+  clips a detached head apart from the model;
 - :class:`OneLineErrors` -- ``hydra.callbacks`` entry: bad data files and config values end
   ``nequip-train`` with one line.
 """
@@ -49,6 +51,7 @@ _LAZY = {
     "EvidentialMetrics": ".metrics",
     "NequIPUQCalculator": ".calculator",
     "UncertaintyCalibration": ".calibration",
+    "DetachedHeadClipping": ".clipping",
     "OneLineErrors": ".hydra_errors",
 }
 

@@ -19,8 +19,9 @@ loss rebuilds the core parameter tuple from it and evaluates the core per-atom f
 - ``force_objective: detached`` (default): the terms of NequIP's own ``EnergyForceLoss`` (energy
   and force MSE, ``energy_force_loss`` are its arguments) train the model as without a head; the
   evidential term ``evidential_force_loss`` (coeff 1) trains the head only, which reads detached
-  forces and features while training. NequIP normalises the coefficients to sum 1; as the two
-  parts train disjoint parameters, that only rescales each part's gradient.
+  forces and features while training. The coefficients are normalised over NequIP's terms only
+  (:class:`DetachedObjectiveLoss`), so the model's gradients are exactly those of NequIP's loss
+  without a head.
 - ``force_objective: nll`` (the papers' recipe): the ``weighted_sum`` NequIP minimises is exactly
   ``mean_atoms(force loss) + w |E_pred - E_ref|`` (one entry with ``coeff: 1``); its two parts are
   logged without coefficients.
@@ -265,4 +266,28 @@ def _detached_loss(config, energy_force_loss, type_names, extra_metrics) -> Metr
         },
         forces_entry,
     ]
-    return MetricsManager(metrics + list(extra_metrics or []), type_names=type_names)
+    return DetachedObjectiveLoss(metrics + list(extra_metrics or []), type_names=type_names)
+
+
+class DetachedObjectiveLoss(MetricsManager):
+    """NequIP's ``MetricsManager`` with the coefficients normalised over every term but the
+    head's evidential one (``evidential_force_loss``), which keeps its coefficient relative to
+    them.
+
+    ``MetricsManager`` divides every coefficient by their sum, so adding the head's term would
+    scale the model's energy and force terms (1/3 each instead of NequIP's 1/2): the same
+    direction of the gradient, but not the same numbers, and Adam's epsilon and gradient-norm
+    clipping see the difference. Normalised this way the model's terms, hence its gradients,
+    are exactly those of NequIP's ``EnergyForceLoss`` with the same coefficients.
+    """
+
+    HEAD_TERM = "evidential_force_loss"
+
+    def set_coeffs(self, coeff_dict: Dict[str, Optional[float]]) -> None:
+        coeffs = {k: coeff_dict.get(k) for k in self.entries}
+        model_total = sum(v for k, v in coeffs.items() if v is not None and k != self.HEAD_TERM)
+        total = model_total if model_total > 0 else sum(v for v in coeffs.values() if v)
+        self.do_weighted_sum = total > 0
+        for name, entry in self.entries.items():
+            c = coeffs[name]
+            entry.coeff = (c / total) if (c is not None and self.do_weighted_sum) else None
