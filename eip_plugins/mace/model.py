@@ -149,6 +149,8 @@ class EvidentialMACE(nn.Module):
                 edge_index, edge_vectors = head_edges(
                     data["positions"], data["edge_index"], data["shifts"]
                 )
+            if not training:  # MACE kept no force graph: nothing differentiates the fields
+                node_feats, edge_vectors = node_feats.detach(), edge_vectors.detach()
             params, distance_sq = self.head.forward_with_distance(
                 node_feats, forces, species, edge_index, edge_vectors
             )

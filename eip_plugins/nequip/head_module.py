@@ -148,13 +148,18 @@ class EvidentialHeadOutput(GraphModuleMixin, torch.nn.Module):
         feats = data.pop(self.feature_field)
         forces = data[AtomicDataDict.FORCE_KEY]
         species = data[AtomicDataDict.ATOM_TYPE_KEY].reshape(-1)
+        edge_vectors = data[AtomicDataDict.EDGE_VECTORS_KEY]
+        if not (self.training or self.func.training):
+            # inference: the force model kept no graph (UDD sets its training flag to keep one),
+            # so nothing differentiates the fields and the head need not record its own graph
+            feats, edge_vectors = feats.detach(), edge_vectors.detach()
         # forces are -dE/dpos in the dtype of the positions (float64 data for a float32 model)
         params, distance_sq = self.head.forward_with_distance(
             feats,
             forces.to(feats.dtype),
             species,
             data[AtomicDataDict.EDGE_INDEX_KEY],
-            data[AtomicDataDict.EDGE_VECTORS_KEY],
+            edge_vectors,
         )
         if AtomicDataDict.BATCH_KEY in data:
             batch = data[AtomicDataDict.BATCH_KEY]

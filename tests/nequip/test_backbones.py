@@ -14,11 +14,13 @@ from nequip_helpers import (
     DATA,
     REPO,
     calculator_results,
+    compile_args,
     run_cli,
     run_parallel,
     train_args,
 )
 
+from eip_plugins.core import keys
 from eip_plugins.nequip import NequIPUQCalculator
 from eip_plugins.nequip.attach import _predict, load_original
 from eip_plugins.nequip.calibration import head_of
@@ -152,3 +154,18 @@ def test_packaged_l2_head_gives_the_checkpoints_results(scalar_runs, tmp_path):
     packaged = calculator_results(NequIPUQCalculator.from_saved_model(str(package)), atoms)
     for key in ("energy", "forces", "forces_uncertainty", "forces_epistemic_cov"):
         np.testing.assert_array_equal(packaged[key], eager[key])
+
+
+def test_compiled_l2_head_gives_the_checkpoints_results(scalar_runs, tmp_path):
+    """nequip-compile --target ase_uq (AOTInductor) of the l_max = 2 e2ip checkpoint: the
+    compiled model gives the eager energies, forces and covariances (float32 compile
+    tolerance), and its covariances are SPD."""
+    compiled = tmp_path / "l2_e2ip.nequip.pt2"
+    run_cli(compile_args(scalar_runs["l2"], compiled), cwd=tmp_path)
+    atoms = ase.io.read(DATA / "ethanol_test_1200K.xyz", 2)
+    eager = calculator_results(NequIPUQCalculator.from_saved_model(scalar_runs["l2"]), atoms)
+    calc = NequIPUQCalculator.from_compiled_model(str(compiled), device="cpu")
+    result = calculator_results(calc, atoms)
+    for key in ("energy", "forces", keys.FORCES_UNCERTAINTY, keys.FORCES_EPISTEMIC_COV):
+        np.testing.assert_allclose(result[key], eager[key], rtol=1e-4, atol=1e-6)
+    assert np.all(np.linalg.eigvalsh(result[keys.FORCES_ALEATORIC_COV]) > 0)
