@@ -371,6 +371,16 @@ def training_costs(costs: dict, heads, n_members: int = 4) -> dict:
     return out
 
 
+def add_ratios_over_runs(training: dict, per_run: list[dict]) -> None:
+    """Add to ``training[method]`` the epoch-time ratio to plain of every run
+    (``epoch_ratio_per_run``) and their median (``epoch_ratio_median``): one run's ratio
+    carries the noise of two single trainings that shared the machine with other jobs."""
+    for method, row in training.items():
+        ratios = [run[method]["epoch_ratio_to_plain"] for run in per_run if method in run]
+        row["epoch_ratio_per_run"] = ratios
+        row["epoch_ratio_median"] = median(ratios)
+
+
 def median(values) -> float:
     values = [v for v in values if v is not None and math.isfinite(v)]
     return float(np.median(values)) if values else float("nan")
@@ -760,7 +770,8 @@ def run_part(framework: str, args, settings, heads, part, notes: list[str]) -> d
     With ``args.seeds`` = N > 1 every method is trained N times (:func:`seed_settings`) and its
     metrics are the mean over the runs (``metrics``), with their standard deviation
     (``metrics_std``) and every run's values (``metrics_per_seed``). Costs, inference timing,
-    per-atom arrays (figures) and the calibration variants come from the first run.
+    per-atom arrays (figures) and the calibration variants come from the first run; the
+    training-time ratios to plain also from every run (:func:`add_ratios_over_runs`).
     """
     out = args.out / framework
     t0 = time.perf_counter()
@@ -779,18 +790,23 @@ def run_part(framework: str, args, settings, heads, part, notes: list[str]) -> d
     metrics, arrays = part.evaluate_all(args.data, models)
     t_eval = time.perf_counter() - t0 - t_train
     timings = part.time_inference(args.data, models, settings)
-    per_seed, seeds = [metrics], [settings.seed]
+    per_seed, seeds, costs_per_seed = [metrics], [settings.seed], [costs]
     for k in range(1, args.seeds):
         run_settings = seed_settings(settings, k)
         LOG.info("%s: run %d of %d (seed %d)", framework, k + 1, args.seeds, run_settings.seed)
-        _, run_models, _ = train_and_attach(
+        run_costs, run_models, _ = train_and_attach(
             framework, args, run_settings, heads, part, out / "models" / f"seed{k}"
         )
         per_seed.append(part.evaluate_all(args.data, run_models)[0])
         seeds.append(run_settings.seed)
+        costs_per_seed.append(run_costs)
     metrics, metrics_std = aggregate_seeds(per_seed)
     variants = [v for v in part.OBJECTIVE_VARIANTS if v in costs]
     training = training_costs(costs, [*heads, *variants], settings.members)
+    add_ratios_over_runs(
+        training,
+        [training_costs(c, [*heads, *variants], settings.members) for c in costs_per_seed],
+    )
     for head in heads:  # the end-of-training calibration against one epoch
         seconds = calibration_seconds(Path(costs[head]["model"]).parent / part.TRAIN_LOG)
         epoch_wall = training[head]["epoch_wall_s"]

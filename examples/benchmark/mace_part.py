@@ -46,7 +46,7 @@ class MaceSettings:
     correlation: int = 2
     max_ell: int = 1
     num_radial_basis: int = 8
-    epochs: int = 20
+    epochs: int = 80  # the convergence study's largest budget (README "Training budget")
     batch_size: int = 8
     lr: float = 0.01
     dtype: str = "float32"  # training precision; evaluation casts every model to float64

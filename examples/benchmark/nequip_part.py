@@ -50,7 +50,7 @@ class NequipSettings:
     num_features: int = 16
     l_max: int = 1
     cutoff_radius: float = 4.0
-    epochs: int = 20
+    epochs: int = 80  # the convergence study's largest budget (README "Training budget")
     batch_size: int = 8
     lr: float = 0.005
     seed: int = 1
