@@ -104,6 +104,28 @@ def train_args(run_dir: Path, head: str, epochs: int, *extra) -> list:
     ]
 
 
+PLAIN_CONFIG_DIR = REPO / "examples" / "benchmark" / "nequip_configs"
+
+
+def plain_train_args(run_dir: Path, epochs: int, *extra) -> list:
+    """``nequip-train`` of a plain model: the benchmark's plain config (``config_with_eip``
+    without the head, NequIP's ``EnergyForceLoss``) on the ethanol files, training only."""
+    return [
+        BIN / "nequip-train",
+        "-cp",
+        PLAIN_CONFIG_DIR,
+        "-cn",
+        "plain",
+        f"++train_file={DATA / 'ethanol_train.xyz'}",
+        f"++val_file={DATA / 'ethanol_valid.xyz'}",
+        f"++test_file={DATA / 'ethanol_test_300K.xyz'}",
+        "++run=[train]",
+        f"++max_epochs={epochs}",
+        f"hydra.run.dir={run_dir}",
+        *extra,
+    ]
+
+
 def compile_args(ckpt: Path, out: Path, target: str = "ase_uq") -> list:
     return [
         NEQUIP_COMPILE,

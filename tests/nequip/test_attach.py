@@ -15,7 +15,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
-from nequip_helpers import BIN, DATA, REPO, compile_args, run_cli
+from nequip_helpers import BIN, DATA, compile_args, plain_train_args, run_cli
 
 from eip_plugins.attach import AttachError
 from eip_plugins.core.metrics import spearman
@@ -25,7 +25,6 @@ from eip_plugins.nequip.attach import attach_head, load_original
 
 EIP_ATTACH = str(BIN / "eip-attach")
 NEQUIP_PACKAGE = str(BIN / "nequip-package")
-PLAIN_CONFIG_DIR = REPO / "examples" / "benchmark" / "nequip_configs"
 
 
 def _sha(path: Path) -> str:
@@ -43,21 +42,12 @@ def attached(tmp_path_factory) -> dict:
     workdir = tmp_path_factory.mktemp("nequip_attach")
     run_dir = workdir / "plain"
     run_cli(
-        [
-            BIN / "nequip-train",
-            "-cp",
-            PLAIN_CONFIG_DIR,
-            "-cn",
-            "plain",
-            f"++train_file={DATA / 'ethanol_train.xyz'}",
-            f"++val_file={DATA / 'ethanol_valid.xyz'}",
-            f"++test_file={DATA / 'ethanol_test_300K.xyz'}",
-            "++run=[train]",
-            "++max_epochs=8",
+        plain_train_args(
+            run_dir,
+            8,
             "++training_module.model.num_layers=2",
             "++training_module.model.num_features=16",
-            f"hydra.run.dir={run_dir}",
-        ],
+        ),
         cwd=workdir,
     )
     plain = run_dir / "best.ckpt"

@@ -12,9 +12,9 @@ import torch
 from nequip_helpers import (
     BIN,
     DATA,
-    REPO,
     calculator_results,
     compile_args,
+    plain_train_args,
     run_cli,
     run_parallel,
     train_args,
@@ -27,7 +27,6 @@ from eip_plugins.nequip.calibration import head_of
 
 EIP_ATTACH = str(BIN / "eip-attach")
 NEQUIP_PACKAGE = str(BIN / "nequip-package")
-PLAIN_CONFIG_DIR = REPO / "examples" / "benchmark" / "nequip_configs"
 SCALAR = ["++training_module.model.l_max=0"]
 
 
@@ -38,22 +37,13 @@ def scalar_runs(tmp_path_factory) -> dict:
     l_max: 2 (e2ip, 1 epoch)."""
     root = tmp_path_factory.mktemp("nequip_scalar")
     trained, plain, l2 = root / "e2ip", root / "plain", root / "l2"
-    plain_cmd = [
-        BIN / "nequip-train",
-        "-cp",
-        PLAIN_CONFIG_DIR,
-        "-cn",
-        "plain",
-        f"++train_file={DATA / 'ethanol_train.xyz'}",
-        f"++val_file={DATA / 'ethanol_valid.xyz'}",
-        f"++test_file={DATA / 'ethanol_test_300K.xyz'}",
-        "++run=[train]",
-        "++max_epochs=2",
+    plain_cmd = plain_train_args(
+        plain,
+        2,
         "++training_module.model.num_layers=1",
         "++training_module.model.num_features=16",
         *SCALAR,
-        f"hydra.run.dir={plain}",
-    ]
+    )
     l2_cmd = train_args(l2, "e2ip", 1, "++training_module.model.l_max=2")
     run_parallel(
         [

@@ -11,9 +11,8 @@ and the head clipped apart from the model (``DetachedHeadClipping``).
 from __future__ import annotations
 
 import torch
-from nequip_helpers import BIN, DATA, REPO, SMALL_MODEL, run_parallel, train_args
+from nequip_helpers import SMALL_MODEL, plain_train_args, run_parallel, train_args
 
-PLAIN_CONFIG_DIR = REPO / "examples" / "benchmark" / "nequip_configs"
 CLIPPING = ["++trainer.gradient_clip_val=0.01", "++seed=11"]
 MODEL = [arg for arg in SMALL_MODEL if not arg.startswith("++head_options")]
 
@@ -36,22 +35,7 @@ def _tensors(ckpt, wrapped: bool) -> dict[str, torch.Tensor]:
 
 def test_a_detached_head_leaves_the_model_bit_identical_to_a_plain_run(tmp_path):
     plain, with_head = tmp_path / "plain", tmp_path / "e2ip"
-    plain_cmd = [
-        BIN / "nequip-train",
-        "-cp",
-        PLAIN_CONFIG_DIR,
-        "-cn",
-        "plain",
-        f"++train_file={DATA / 'ethanol_train.xyz'}",
-        f"++val_file={DATA / 'ethanol_valid.xyz'}",
-        f"++test_file={DATA / 'ethanol_test_300K.xyz'}",
-        "++model_type_names=[C,H,O]",
-        "++run=[train]",
-        "++max_epochs=2",
-        f"hydra.run.dir={plain}",
-        *MODEL,
-        *CLIPPING,
-    ]
+    plain_cmd = plain_train_args(plain, 2, "++model_type_names=[C,H,O]", *MODEL, *CLIPPING)
     head_cmd = train_args(with_head, "e2ip", 2, "++run=[train]", *CLIPPING)
     run_parallel([(plain_cmd, tmp_path / "plain_log"), (head_cmd, tmp_path / "e2ip_log")])
     assert "clipped apart" in (with_head / "train.log").read_text()
