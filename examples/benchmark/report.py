@@ -334,12 +334,20 @@ def cost_plot(out: Path, parts: dict) -> str | None:
     for ax, (name, part) in zip(axes[0], parts.items(), strict=True):
         methods = [m for m in _methods(part) if m in part["training"]]
         x = np.arange(len(methods))
-        train = [part["training"].get(m, {}).get("epoch_ratio_to_plain", np.nan) for m in methods]
+        train = [  # the median over the runs where there are several
+            part["training"]
+            .get(m, {})
+            .get(
+                "epoch_ratio_median",
+                part["training"].get(m, {}).get("epoch_ratio_to_plain", np.nan),
+            )
+            for m in methods
+        ]
         infer = [part["inference"]["model"]["ratio_to_plain"].get(m, np.nan) for m in methods]
         ax.bar(x - 0.2, train, 0.4, label="training time / epoch")
         ax.bar(x + 0.2, infer, 0.4, label="inference time / structure")
         ax.axhline(1.0, color="k", lw=0.8, ls="--")
-        ax.set_xticks(x, [_label(part, m) for m in methods])
+        ax.set_xticks(x, [_label(part, m) for m in methods], rotation=30, ha="right")
         ax.set_ylabel("cost relative to plain model")
         ax.set_title(name)
         ax.legend(fontsize=8)
