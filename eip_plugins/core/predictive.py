@@ -133,12 +133,13 @@ def _standard_gamma(shape_param: Tensor, generator: torch.Generator) -> Tensor:
     return torch.as_tensor(rng.standard_gamma(a), dtype=shape_param.dtype)
 
 
-def predictive_distribution(params):
+def predictive_distribution(params, n_mc: int = 4000):
     """The posterior predictive distribution of the reference force for a head's parameters.
 
     - e2IP (NIW): multivariate t with nu' = nu_w - 2, loc mu0, shape Psi (kappa+1)/(kappa nu').
     - MVE: N(mean, cov).
-    - eIP (NIG): per component t with 2 alpha dof, loc gamma, scale^2 beta (1+nu) / (nu alpha).
+    - eIP (NIG): per component t with 2 alpha dof, loc gamma, scale^2 beta (1+nu) / (nu alpha);
+      its ``credible_level`` is a Monte Carlo estimate with ``n_mc`` samples per atom.
     """
     if isinstance(params, NIWParams):
         dof = params.nu_w - 2.0
@@ -148,7 +149,7 @@ def predictive_distribution(params):
         return MultivariateNormal(params.mean, params.cov)
     if isinstance(params, NIGParams):
         scale = torch.sqrt(params.beta * (1.0 + params.nu) / (params.nu * params.alpha))
-        return IndependentStudentT(params.gamma, scale, 2.0 * params.alpha)
+        return IndependentStudentT(params.gamma, scale, 2.0 * params.alpha, n_mc=n_mc)
     raise TypeError(f"no predictive distribution for parameters of type {type(params).__name__}")
 
 

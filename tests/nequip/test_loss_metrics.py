@@ -157,3 +157,25 @@ def test_registered_fields():
     for k in (*keys.PER_ATOM_UNCERTAINTY_KEYS, *keys.PER_STRUCTURE_UNCERTAINTY_KEYS):
         assert k in outputs
     assert keys.FORCES_FEATURE_DISTANCE in outputs and keys.FEATURE_DISTANCE_MAX in outputs
+
+
+def test_eip_calibration_error_samples_are_a_setting(ethanol_300K):
+    """The eIP calibration error is a Monte Carlo estimate: ``calibration_mc_samples`` (1000 by
+    default, every validation epoch) sets its samples; the estimate agrees with 4000 samples to
+    the Monte Carlo error, and a setting too small to resolve a level is refused."""
+    from eip_plugins.nequip.metrics import CalibrationError
+
+    model = build_model("eip").eval()
+    batch = to_data(ethanol_300K[:6])
+    out = model(batch.copy())
+    default = EvidentialMetrics()
+    assert default["calibration_error"].mc_samples == 1000
+    estimates = {}
+    for samples in (1000, 4000):
+        metric = CalibrationError(samples)
+        metric.update(out, batch)
+        estimates[samples] = float(metric.compute())
+    assert estimates[1000] != estimates[4000]
+    assert abs(estimates[1000] - estimates[4000]) < 0.03
+    with pytest.raises(ValueError, match="calibration_mc_samples=10: must be >= 100"):
+        EvidentialMetrics(calibration_mc_samples=10)
