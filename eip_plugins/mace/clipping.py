@@ -30,11 +30,7 @@ def separate_head_clipping(head: torch.nn.Module):
 
     @functools.wraps(original)
     def clip_in_two_groups(parameters, max_norm, *args, **kwargs):
-        if isinstance(parameters, torch.Tensor):
-            parameters = [parameters]
-        parameters = list(parameters)
-        if not any(id(p) in head_ids for p in parameters):
-            return original(parameters, max_norm, *args, **kwargs)
+        # without head parameters in the list this is ``original`` on the whole list
         return clip_head_and_model_apart(
             parameters, head_ids, max_norm, *args, clip=original, **kwargs
         )

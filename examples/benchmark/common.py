@@ -802,11 +802,9 @@ def run_part(framework: str, args, settings, heads, part, notes: list[str]) -> d
         costs_per_seed.append(run_costs)
     metrics, metrics_std = aggregate_seeds(per_seed)
     variants = [v for v in part.OBJECTIVE_VARIANTS if v in costs]
-    training = training_costs(costs, [*heads, *variants], settings.members)
-    add_ratios_over_runs(
-        training,
-        [training_costs(c, [*heads, *variants], settings.members) for c in costs_per_seed],
-    )
+    per_run = [training_costs(c, [*heads, *variants], settings.members) for c in costs_per_seed]
+    training = per_run[0]  # the first run's epoch times, with every run's ratios added
+    add_ratios_over_runs(training, per_run)
     for head in heads:  # the end-of-training calibration against one epoch
         seconds = calibration_seconds(Path(costs[head]["model"]).parent / part.TRAIN_LOG)
         epoch_wall = training[head]["epoch_wall_s"]
