@@ -2,6 +2,7 @@
 
 from typing import Dict, Optional, Tuple
 
+import torch
 from torch import Tensor
 
 from .config import HeadConfig
@@ -49,6 +50,7 @@ class EquivariantEvidentialHead(HeadBase):
         self.kappa_floor = _KAPPA_FLOOR  # TorchScript cannot close over module-level floats
         self.lam = float(config.lam)
 
+    @torch.jit.export
     def forward_with_distance(
         self,
         node_feats: Tensor,
@@ -73,12 +75,15 @@ class EquivariantEvidentialHead(HeadBase):
         nll = niw_student_t_nll(params, forces_ref)
         return nll + self.lam * niw_evidence_regularizer(params, forces_ref)
 
+    @torch.jit.export
     def uncertainty(self, params: NIWParams) -> ForceUncertainty:
         return niw_uncertainty(params)
 
+    @torch.jit.export
     def output_fields(self, params: NIWParams) -> Dict[str, Tensor]:
         return {"e2ip_kappa": params.kappa, "e2ip_nu_w": params.nu_w, "e2ip_psi": params.psi}
 
+    @torch.jit.export
     def fields(
         self, params: NIWParams, batch: Tensor, num_graphs: int, distance_sq: Tensor
     ) -> Dict[str, Tensor]:

@@ -6,6 +6,7 @@ a small MLP acts on each Cartesian row of the vector features independently.
 
 from typing import Dict, Optional, Tuple
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -63,6 +64,7 @@ class ComponentwiseEvidentialHead(HeadBase):
         self.alpha_floor, self.beta_floor, self.nu_floor = _ALPHA_FLOOR, _BETA_FLOOR, _NU_FLOOR
         self.lam = float(config.lam)
 
+    @torch.jit.export
     def forward_with_distance(
         self,
         node_feats: Tensor,
@@ -92,13 +94,16 @@ class ComponentwiseEvidentialHead(HeadBase):
         reg = evidential_force_regularizer(params, forces_ref, self.quantile)
         return (nll + self.lam * reg).sum(-1)
 
+    @torch.jit.export
     def uncertainty(self, params: NIGParams) -> ForceUncertainty:
         return nig_uncertainty(params)
 
+    @torch.jit.export
     def output_fields(self, params: NIGParams) -> Dict[str, Tensor]:
         """Raw evidential parameters under the names of :mod:`eip_plugins.core.keys`."""
         return {"eip_nu": params.nu, "eip_alpha": params.alpha, "eip_beta": params.beta}
 
+    @torch.jit.export
     def fields(
         self, params: NIGParams, batch: Tensor, num_graphs: int, distance_sq: Tensor
     ) -> Dict[str, Tensor]:

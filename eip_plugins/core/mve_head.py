@@ -2,6 +2,7 @@
 
 from typing import Dict, Optional, Tuple
 
+import torch
 from torch import Tensor
 
 from .config import HeadConfig
@@ -38,6 +39,7 @@ class EquivariantGaussianHead(HeadBase):
             max_log_scale=config.max_log_scale,
         )
 
+    @torch.jit.export
     def forward_with_distance(
         self,
         node_feats: Tensor,
@@ -58,12 +60,15 @@ class EquivariantGaussianHead(HeadBase):
         """Per-atom Gaussian NLL: (N,)."""
         return gaussian_force_nll(params, forces_ref)
 
+    @torch.jit.export
     def uncertainty(self, params: GaussianParams) -> ForceUncertainty:
         return gaussian_uncertainty(params)
 
+    @torch.jit.export
     def output_fields(self, params: GaussianParams) -> Dict[str, Tensor]:
         return {"mve_cov": params.cov}
 
+    @torch.jit.export
     def fields(
         self, params: GaussianParams, batch: Tensor, num_graphs: int, distance_sq: Tensor
     ) -> Dict[str, Tensor]:

@@ -16,6 +16,7 @@ import torch
 
 from ..ase_calculator import UncertaintyCalculator
 from ..core import keys
+from ..core.inference import script_head
 from ..model_files import check_model_archive, error_summary
 from .heads import select_mace_head
 
@@ -62,6 +63,9 @@ class MACEUQCalculator(UncertaintyCalculator):
         head: MACE multi-head name; default: the head the evidential head was attached to, else
             MACE's rule (the only head, or the one named ``default``).
         udd: uncertainty-driven dynamics settings (see the base class), or None.
+        torchscript_head: run the evidential head as TorchScript (same results, about half its
+            per-call cost on small structures: :mod:`eip_plugins.core.inference`); the MACE
+            backbone runs as loaded. A TorchScript ``*_compiled.model`` is compiled already.
 
     Raises:
         ValueError: for a model without an evidential head (plain MACE) or several paths.
@@ -74,6 +78,7 @@ class MACEUQCalculator(UncertaintyCalculator):
         default_dtype: str = "float64",
         head: str | None = None,
         udd=None,
+        torchscript_head: bool = True,
         **kwargs,
     ):
         if isinstance(model_paths, (list, tuple)):
@@ -106,6 +111,8 @@ class MACEUQCalculator(UncertaintyCalculator):
         self.model = model.to(device=self.device, dtype=self.dtype).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
+        if torchscript_head and not isinstance(self.model, torch.jit.ScriptModule):
+            self.model.head = script_head(self.model.head)
         self.model_path = str(model_paths)
         self.r_max = float(self.model.r_max)
         self.known_atomic_numbers = {int(z) for z in self.model.atomic_numbers}

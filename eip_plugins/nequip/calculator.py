@@ -29,7 +29,7 @@ from eip_plugins.model_files import check_model_archive, error_summary
 
 from . import _fields
 from .compile_targets import ASE_UQ_TARGET
-from .head_module import has_evidential_head
+from .head_module import has_evidential_head, heads_for_inference
 
 _NO_HEAD = (
     "{what} has no evidential uncertainty outputs ({missing} missing): it is a plain NequIP "
@@ -48,6 +48,12 @@ class NequIPUQCalculator(_IntegrationLoaderMixin, UncertaintyCalculator):
         transforms: data transforms (type mapping, neighbor list), set by the constructors.
         chemical_species_to_atom_type_map: element -> model type (for ``known_atomic_numbers``).
         udd: uncertainty-driven dynamics settings (checkpoint/package models only).
+        torchscript_head: prepare the evidential head for inference
+            (:func:`~eip_plugins.nequip.head_module.heads_for_inference`: frozen parameters,
+            TorchScript; same results to rounding, about half the head's per-call cost on small
+            structures); the NequIP model around it runs as given. It replaces the model's head
+            module in place, so it is off for a model passed in here and on for the one
+            ``from_saved_model`` loads.
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class NequIPUQCalculator(_IntegrationLoaderMixin, UncertaintyCalculator):
         transforms: Optional[List[Callable]] = None,
         chemical_species_to_atom_type_map: Optional[Dict[str, str]] = None,
         udd=None,
+        torchscript_head: bool = False,
         **kwargs,
     ):
         self.device = torch.device(device)
@@ -71,6 +78,8 @@ class NequIPUQCalculator(_IntegrationLoaderMixin, UncertaintyCalculator):
                 missing = list(_fields.REQUIRED_UNCERTAINTY_FIELDS)
                 raise ValueError(_NO_HEAD.format(what="this model", missing=missing, hint=""))
             model = model.to(self.device)
+            if torchscript_head:
+                heads_for_inference(model)
         self.model = model
         if chemical_species_to_atom_type_map:
             self.known_atomic_numbers = {
@@ -125,6 +134,7 @@ class NequIPUQCalculator(_IntegrationLoaderMixin, UncertaintyCalculator):
         """Load a checkpoint (``.ckpt``) or ``nequip-package`` file (``.nequip.zip``) directly."""
         what = "a NequIP checkpoint (*.ckpt) or package (*.nequip.zip)"
         check_model_archive(model_path, what)
+        kwargs.setdefault("torchscript_head", True)  # the calculator's own copy of the model
         with _unreadable_as(model_path, what):
             return cls._from_saved_model(
                 model_path,

@@ -23,6 +23,7 @@ from ..attach import AttachError, atomic_write, check_output_path, read_labelled
 from ..calibration import CalibrationSettings, calibrate_head, calibrate_or_keep
 from ..core.feature_density import DEFAULT_POWER, DEFAULT_SHRINKAGE, DEFAULT_STRENGTH
 from .features import feature_chunks, frames_to_batches, loader_batches
+from .head_module import evidential_head_outputs
 
 log = logging.getLogger(__name__)
 
@@ -31,10 +32,10 @@ _HEAD_BUFFERS = (".density.", ".variance_scale.")
 
 def head_of(model: torch.nn.Module) -> torch.nn.Module:
     """The core head inside a NequIP model with a head (ValueError for a plain model)."""
-    for m in model.modules():
-        if getattr(m, "head_kind", None) is not None and hasattr(m, "head"):
-            return m.head
-    raise ValueError("the model has no evidential head")
+    outputs = evidential_head_outputs(model)
+    if not outputs:
+        raise ValueError("the model has no evidential head")
+    return outputs[0].head
 
 
 def head_buffers(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -26,16 +26,17 @@ from lightning.pytorch.callbacks import Callback
 
 from eip_plugins.core.clipping import clip_head_and_model_apart
 
+from .head_module import evidential_head_outputs
+
 LOG = logging.getLogger(__name__)
 
 
 def detached_heads(module: torch.nn.Module) -> list[torch.nn.Module]:
     """The core heads inside ``module`` that train on detached forces and features."""
     return [
-        m.head
-        for m in module.modules()
-        if getattr(m, "head_kind", None) is not None
-        and getattr(getattr(m, "head", None), "detach_backbone", False)
+        output.head
+        for output in evidential_head_outputs(module)
+        if getattr(output.head, "detach_backbone", False)
     ]
 
 

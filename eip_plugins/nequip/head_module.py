@@ -9,7 +9,7 @@
   head parameters into the output dict (the loss reads the parameters from there).
 """
 
-from typing import Dict, Optional
+from typing import Dict, List, Optional
 
 import torch
 from nequip.data import AtomicDataDict
@@ -17,7 +17,7 @@ from nequip.nn._graph_mixin import GraphModuleMixin
 from torch import Tensor
 
 from eip_plugins.core import HeadConfig, build_head, keys
-from eip_plugins.core.params import GaussianParams, NIWParams
+from eip_plugins.core.inference import script_head
 
 from . import _fields
 
@@ -77,13 +77,37 @@ class EdgeFeatureTap(GraphModuleMixin, torch.nn.Module):
         return data
 
 
-def has_evidential_head(model: torch.nn.Module) -> bool:
-    """Whether ``model`` contains an :class:`EvidentialHeadOutput`; duck-typed (its
-    ``head_kind``), since the classes of a ``nequip-package``'d model live in the package's
-    namespace."""
+def evidential_head_outputs(model: torch.nn.Module) -> List[torch.nn.Module]:
+    """The :class:`EvidentialHeadOutput` modules of ``model``; duck-typed (a ``head_kind`` of
+    :data:`~eip_plugins.core.HEAD_KINDS` and a ``head``), since the classes of a
+    ``nequip-package``'d model live in the package's namespace."""
     from eip_plugins.core import HEAD_KINDS
 
-    return any(getattr(m, "head_kind", None) in HEAD_KINDS for m in model.modules())
+    return [
+        m
+        for m in model.modules()
+        if getattr(m, "head_kind", None) in HEAD_KINDS
+        and isinstance(getattr(m, "head", None), torch.nn.Module)
+    ]
+
+
+def has_evidential_head(model: torch.nn.Module) -> bool:
+    """Whether ``model`` contains an :class:`EvidentialHeadOutput`."""
+    return bool(evidential_head_outputs(model))
+
+
+def heads_for_inference(model: torch.nn.Module) -> torch.nn.Module:
+    """Prepare every evidential head of an eager ``model`` for inference, in place (returns
+    ``model``): the head's parameters stop requiring gradients (nothing trains them here, and the
+    head then records no autograd graph of its own; sigma stays differentiable with respect to
+    positions for UDD), and the head runs as TorchScript (same results to rounding, about half
+    the head's per-call cost on small structures: :mod:`eip_plugins.core.inference`). The force
+    model is left as it is."""
+    for output in evidential_head_outputs(model):
+        for parameter in output.head.parameters():
+            parameter.requires_grad_(False)
+        output.head = script_head(output.head)
+    return model
 
 
 class EvidentialHeadOutput(GraphModuleMixin, torch.nn.Module):
@@ -170,7 +194,7 @@ class EvidentialHeadOutput(GraphModuleMixin, torch.nn.Module):
             # The scatter of the batched path (index_add with an all-zero index into a size-1
             # buffer) trips an Inductor CPU codegen assertion in torch 2.13.
             data.update(single_frame_fields(self.head, params, distance_sq))
-        data.update(closed_form_fields(params))
+        data.update(closed_form_fields(self.head_kind, params))
         return data
 
     def set_psi0(self, psi0: float) -> None:
@@ -200,13 +224,14 @@ def single_frame_fields(head: torch.nn.Module, params, distance_sq: Tensor) -> D
     return out
 
 
-def closed_form_fields(params) -> Dict[str, Tensor]:
-    """Closed-form inverse and log-determinant of the SPD matrix, for the loss."""
-    if isinstance(params, NIWParams):
+def closed_form_fields(kind: str, params) -> Dict[str, Tensor]:
+    """Closed-form inverse and log-determinant of the SPD matrix of a ``kind`` head's
+    ``params``, for the loss (by kind: a TorchScript head returns its own NamedTuple types)."""
+    if kind == "e2ip":
         return {
             _fields.E2IP_PSI_INV: params.psi_inv,
             _fields.E2IP_LOG_DET_PSI: params.log_det_psi,
         }
-    if isinstance(params, GaussianParams):
+    if kind == "mve":
         return {_fields.MVE_COV_INV: params.cov_inv, _fields.MVE_LOG_DET_COV: params.log_det_cov}
     return {}

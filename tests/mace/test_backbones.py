@@ -12,6 +12,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
+from calculator_checks import assert_same_results
 from mace_helpers import (
     BIN,
     COMMON_ARGS,
@@ -170,6 +171,24 @@ def test_udd_bias_forces_are_the_gradient_of_the_bias_energy(scalar_runs, data):
             energies.append(_results(calc, moved)["udd_bias_energy"])
         numeric = -(energies[0] - energies[1]) / (2 * h)
         np.testing.assert_allclose(bias[atom, axis], numeric, rtol=1e-4, atol=1e-9)
+
+
+@pytest.mark.parametrize("model", ["model", "l2"], ids=["scalar", "L2"])
+def test_calculators_torchscript_head_gives_the_eager_heads_results(scalar_runs, data, model):
+    """MACEUQCalculator runs the head as TorchScript (the default): every result, UDD's bias
+    forces included, equals the eager head's to float64 rounding, over three calls (TorchScript
+    optimises its graph after its first runs)."""
+    udd = UDDConfig(D=1e4)
+    path = str(scalar_runs[model])
+    scripted = MACEUQCalculator(model_paths=path, default_dtype="float64", udd=udd)
+    eager = MACEUQCalculator(
+        model_paths=path, default_dtype="float64", udd=udd, torchscript_head=False
+    )
+    assert isinstance(scripted.model.head, torch.jit.ScriptModule)
+    assert not isinstance(eager.model.head, torch.jit.ScriptModule)
+    frames = [*ase.io.read(data["test_300K"], ":2"), ase.io.read(data["test_1200K"], 1)]
+    assert "udd_bias_forces" in _results(scripted, frames[0])
+    assert_same_results(scripted, eager, frames, rtol=1e-12)
 
 
 def test_attach_to_a_scalar_only_multi_head_model(scalar_runs, data, tmp_path):

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import torch
+from calculator_checks import calculator_results  # noqa: F401 - re-exported for the NequIP tests
 from nequip.data import AtomicDataDict, from_ase
 from nequip.data.transforms import ChemicalSpeciesToAtomTypeMapper, NeighborListTransform
 from nequip.utils.global_state import set_global_state
@@ -77,14 +78,6 @@ def run_parallel(jobs: list[tuple[list, Path]], timeout: int = 1200) -> None:
             failures.append((cwd / "output.txt").read_text()[-6000:])
     if failures:
         raise AssertionError("\n\n".join(failures))
-
-
-def calculator_results(calc, atoms) -> dict:
-    """``calc.results`` after a force call on a copy of ``atoms``."""
-    atoms = atoms.copy()
-    atoms.calc = calc
-    atoms.get_forces()
-    return dict(calc.results)
 
 
 def train_args(run_dir: Path, head: str, epochs: int, *extra) -> list:

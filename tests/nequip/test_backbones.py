@@ -9,6 +9,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
+from calculator_checks import assert_same_results
 from nequip_helpers import (
     BIN,
     DATA,
@@ -21,9 +22,11 @@ from nequip_helpers import (
 )
 
 from eip_plugins.core import keys
+from eip_plugins.core.udd import UDDConfig
 from eip_plugins.nequip import NequIPUQCalculator
 from eip_plugins.nequip.attach import _predict, load_original
 from eip_plugins.nequip.calibration import head_of
+from eip_plugins.nequip.head_module import evidential_head_outputs
 
 EIP_ATTACH = str(BIN / "eip-attach")
 NEQUIP_PACKAGE = str(BIN / "nequip-package")
@@ -86,6 +89,29 @@ def test_config_with_eip_trains_a_scalar_only_model(scalar_runs):
     expected = rot @ base["forces_aleatoric_cov"] @ rot.T
     scale = np.abs(expected).max()
     np.testing.assert_allclose(turned["forces_aleatoric_cov"], expected, rtol=0, atol=1e-4 * scale)
+
+
+@pytest.mark.parametrize("source", ["trained", "l2"], ids=["l_max=0", "l_max=2"])
+def test_calculators_torchscript_head_gives_the_eager_heads_results(scalar_runs, source):
+    """from_saved_model runs the head as TorchScript (a model passed to the constructor keeps
+    its eager head): every result, UDD's bias forces included, equals the eager head's to float32
+    rounding, over three calls (TorchScript optimises its graph after its first runs)."""
+    udd = UDDConfig(D=1e4)
+    scripted = NequIPUQCalculator.from_saved_model(scalar_runs[source], udd=udd)
+    eager = NequIPUQCalculator.from_saved_model(
+        scalar_runs[source], udd=udd, torchscript_head=False
+    )
+    (output,) = evidential_head_outputs(scripted.model)
+    assert isinstance(output.head, torch.jit.ScriptModule)
+    (output,) = evidential_head_outputs(eager.model)
+    assert not isinstance(output.head, torch.jit.ScriptModule)
+    user_model = load_original(scalar_runs[source]).eval()
+    NequIPUQCalculator(user_model)
+    assert not isinstance(head_of(user_model), torch.jit.ScriptModule)
+    frames = [*ase.io.read(DATA / "ethanol_test_300K.xyz", ":2")]
+    frames.append(ase.io.read(DATA / "ethanol_test_1200K.xyz", 1))
+    assert "udd_bias_forces" in calculator_results(scripted, frames[0])
+    assert_same_results(scripted, eager, frames, rtol=1e-5)
 
 
 @pytest.mark.parametrize(
