@@ -106,9 +106,11 @@ class EquivariantCovarianceHead(nn.Module):
         s = out[:, 0]
         gates = out[:, 1 : 1 + self.n_l2]
         scalars = out[:, 1 + self.n_l2 :]
-        t = torch.einsum("nc,nck->nk", gates, l2_channels) / math.sqrt(self.n_l2)
+        # t_nk = sum_c gates_nc l2_nck / sqrt(n_l2); T_nij = sum_k t_nk Q_kij (matrix products:
+        # einsum's per-call planning costs more than the arithmetic on molecule-sized inputs)
+        t = torch.bmm(gates.unsqueeze(1), l2_channels).squeeze(1) / math.sqrt(self.n_l2)
         s, t = bound_log_scale(s, t, self.max_log_scale)
-        traceless = torch.einsum("nk,kij->nij", t, self.l2_to_cartesian.to(t.dtype))
+        traceless = (t @ self.l2_to_cartesian.to(t.dtype).reshape(5, 9)).reshape(n, 3, 3)
         psi, psi_inv, log_det = spd_from_tangent(s, traceless, self.log_psi0.to(t.dtype))
         return scalars, psi, psi_inv, log_det
 

@@ -2,8 +2,10 @@
 
 S = s I + T with s a scalar (l = 0) and T symmetric traceless (the Cartesian form of an l = 2, 2e
 irrep). Psi = psi0 exp(S) is symmetric positive definite for any finite S and rotates as
-Psi(R x) = R Psi(x) R^T because exp(R S R^T) = R exp(S) R^T. No eigendecomposition is used, so
-gradients stay finite at degenerate spectra (S proportional to I, the state at initialisation).
+Psi(R x) = R Psi(x) R^T because exp(R S R^T) = R exp(S) R^T. Where Psi is differentiated (training,
+UDD) no eigendecomposition is used, so gradients stay finite at degenerate spectra (S proportional
+to I, the state at initialisation); where nothing differentiates it (inference) one symmetric
+eigendecomposition gives exp(S) and exp(-S) at a third of the cost, equal to rounding.
 """
 
 import torch
@@ -71,9 +73,19 @@ def spd_from_tangent(
     generator = s[:, None, None] * eye + traceless
     generator = 0.5 * (generator + generator.transpose(-1, -2))
     psi0 = torch.exp(log_psi0)
-    # exp(S) and exp(-S) in one batched call (half the per-call cost on small batches)
     n = generator.shape[0]
-    both = _symmetrise(torch.linalg.matrix_exp(torch.cat([generator, -generator], dim=0)))
+    if torch.is_grad_enabled() and generator.requires_grad:
+        # exp(S) and exp(-S) in one batched call (half the per-call cost on small batches); its
+        # gradient stays finite at degenerate spectra, where an eigendecomposition's does not
+        both = torch.linalg.matrix_exp(torch.cat([generator, -generator], dim=0))
+    else:
+        # nothing differentiates Psi (inference): S = V diag(l) V^T gives exp(+-S) = V
+        # diag(exp(+-l)) V^T, one symmetric eigendecomposition instead of two Pade exponentials
+        eigenvalues, eigenvectors = torch.linalg.eigh(generator)
+        both_vectors = torch.cat([eigenvectors, eigenvectors], dim=0)  # (2N, 3, 3)
+        exponentials = torch.exp(torch.cat([eigenvalues, -eigenvalues], dim=0))  # (2N, 3)
+        both = (both_vectors * exponentials[:, None, :]) @ both_vectors.transpose(-1, -2)
+    both = _symmetrise(both)
     psi = psi0 * both[:n]
     psi_inv = both[n:] / psi0
     log_det = 3.0 * log_psi0 + generator.diagonal(dim1=-2, dim2=-1).sum(-1)
