@@ -10,7 +10,12 @@ and this collects every ``DIR/<variant>/<framework>/results.json`` under ``DIR``
 
     python -m examples.benchmark.backbones benchmark_out_backbones [more runs ...]
 
-writing ``DIR/backbones.md`` (printed as well).
+writing ``DIR/backbones.md`` (printed as well). With ``--seeds`` > 1 the metrics are the mean ±
+standard deviation over the runs and the training ratio is the median over the runs. The
+inference column is the part's own timing (9-24-atom structures), or, where
+``python -m examples.benchmark.inference_scaling`` has been run on the variant (its
+``inference_scaling.json`` beside ``results.json``), that measurement on ethanol (9 atoms) and
+on the largest water box.
 """
 
 from __future__ import annotations
@@ -27,8 +32,41 @@ def _get(part: dict, method: str, split: str, key: str):
 
 
 def _triple(part: dict, method: str, key: str, digits: int = 2) -> str:
-    values = [_get(part, method, s, key) for s in SPLITS]
-    return " / ".join("–" if v is None else f"{v:.{digits}f}" for v in values)
+    """The three splits' values, each ``mean ± std`` when the part has several runs."""
+    several = len(part.get("seeds") or []) > 1
+    cells = []
+    for split in SPLITS:
+        value = _get(part, method, split, key)
+        std = part.get("metrics_std", {}).get(method, {}).get(split, {}).get(key)
+        if value is None:
+            cells.append("–")
+        elif several and std is not None:
+            cells.append(f"{value:.{digits}f} ± {std:.{digits}f}")
+        else:
+            cells.append(f"{value:.{digits}f}")
+    return " / ".join(cells)
+
+
+def _inference(part: dict, method: str) -> str:
+    """Inference time / plain: ``inference_scaling`` at the smallest and largest structure
+    ("a / b") where it was run, else the part's own model-level ratio."""
+    scaling = part.get("inference_scaling")
+    if scaling:
+        sizes = list(scaling["sizes"].values())
+        ratios = [row["ratio_to_plain"].get(method) for row in (sizes[0], sizes[-1])]
+        if all(r is not None for r in ratios):
+            return " / ".join(f"{r:.2f}" for r in ratios)
+    ratio = part["inference"]["model"]["ratio_to_plain"].get(method)
+    return "–" if ratio is None else f"{ratio:.2f}"
+
+
+def _inference_header(parts: list[dict]) -> str:
+    for part in parts:
+        scaling = part.get("inference_scaling")
+        if scaling:
+            sizes = list(scaling["sizes"])
+            return f"inference / plain ({sizes[0]} / {sizes[-1]})"
+    return "inference / plain (model)"
 
 
 def _mae_ratio(part: dict, method: str) -> str:
@@ -47,13 +85,12 @@ def variant_name(part: dict) -> str:
 def summary_table(parts: list[dict]) -> str:
     """Markdown: one block of rows per backbone variant."""
     rows = [
-        "| backbone | method | force MAE / plain | ρ atom | CE | inference / plain "
-        "(model) | training epoch / plain |",
+        f"| backbone | method | force MAE / plain | ρ atom | CE | {_inference_header(parts)} "
+        "| training epoch / plain |",
         "|---|---|---|---|---|---|---|",
     ]
     for part in parts:
         name = variant_name(part)
-        ratio = part["inference"]["model"]["ratio_to_plain"]
         training = part.get("training", {})
         for method, label in (
             ("e2ip", "e2ip trained"),
@@ -63,13 +100,13 @@ def summary_table(parts: list[dict]) -> str:
         ):
             if method not in part["metrics"]:
                 continue
-            epoch = training.get(method, {}).get("epoch_ratio_to_plain")
-            infer = ratio.get("ensemble" if method == "ensemble_iso" else method)
+            cost = training.get(method, {})
+            epoch = cost.get("epoch_ratio_median", cost.get("epoch_ratio_to_plain"))
+            infer = _inference(part, "ensemble" if method == "ensemble_iso" else method)
             rows.append(
                 f"| {name} | {label} | {_mae_ratio(part, method)} | "
                 f"{_triple(part, method, 'spearman')} | {_triple(part, method, 'ce')} | "
-                f"{'–' if infer is None else f'{infer:.2f}'} | "
-                f"{'–' if epoch is None else f'{epoch:.2f}'} |"
+                f"{infer} | {'–' if epoch is None else f'{epoch:.2f}'} |"
             )
     return "\n".join(rows)
 
@@ -80,6 +117,9 @@ def collect(folders: list[Path]) -> list[dict]:
         for path in sorted(folder.glob("**/results.json")):
             data = json.loads(path.read_text())
             if "metrics" in data and "inference" in data:  # a part's results, not the merge
+                scaling = path.parent / "inference_scaling.json"
+                if scaling.exists():
+                    data["inference_scaling"] = json.loads(scaling.read_text())
                 parts.append(data)
     return parts
 
@@ -93,7 +133,9 @@ def main(argv=None) -> None:
         p.error(f"no results.json of a benchmark part under {args.folders}")
     text = (
         "Per split 300 K / 1200 K / unseen molecules; ρ = per-atom Spearman of σ vs |error|; "
-        "CE = calibration error.\n\n" + summary_table(parts) + "\n"
+        "CE = calibration error; mean ± std over the runs where there are several.\n\n"
+        + summary_table(parts)
+        + "\n"
     )
     (args.folders[0] / "backbones.md").write_text(text)
     print(text)

@@ -696,8 +696,12 @@ def without_distance_term(model) -> object:
     import copy
     import types
 
+    import torch
+
     clone = copy.deepcopy(model)
     for module in clone.modules():
+        if isinstance(module, torch.jit.ScriptModule) and hasattr(module, "density"):
+            raise ValueError("without_distance_term needs an eager head, not a TorchScript one")
         if hasattr(module, "feature_distance_sq") and hasattr(module, "density"):
             module.feature_distance_sq = types.MethodType(
                 lambda self, feats, species: feats.new_zeros(feats.shape[0]), module

@@ -47,14 +47,10 @@ def mace_runners(models: dict[str, list[str]], frames: dict) -> dict[str, dict]:
     """size -> method -> callable: MACE models in float64, as the benchmark's timing."""
     import torch
 
-    from eip_plugins.mace.calculator import load_model
-    from examples.benchmark.mace_part import _mace_batches
+    from examples.benchmark.mace_part import _mace_batches, inference_models
 
     torch.set_default_dtype(torch.float64)
-    loaded = {p: load_model(p).double().eval() for paths in models.values() for p in paths}
-    for m in loaded.values():
-        for p in m.parameters():
-            p.requires_grad_(False)
+    loaded = inference_models(models)
     first = loaded[models["plain"][0]]
     runners = {}
     for size, atoms in frames.items():

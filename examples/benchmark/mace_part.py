@@ -250,23 +250,38 @@ def _mace_batches(frames, model) -> list[dict]:
     return batches
 
 
+def inference_models(models: dict[str, list[str]], torchscript_head: bool = True) -> dict:
+    """path -> torch model in float64 evaluation mode with frozen parameters, as the calculators
+    run it: MACECalculator's plain model (``plain``, ``ensemble``), MACEUQCalculator's model
+    with its head as TorchScript for the heads (``torchscript_head``)."""
+    from eip_plugins.mace.calculator import MACEUQCalculator, load_model
+
+    loaded = {}
+    for method, paths in models.items():
+        for p in paths:
+            if method in ("plain", "ensemble"):
+                net = load_model(p).double().eval()
+                for param in net.parameters():
+                    param.requires_grad_(False)
+            else:
+                net = MACEUQCalculator(p, torchscript_head=torchscript_head).model
+            loaded[p] = net
+    return loaded
+
+
 def time_inference(data: Path, models: dict[str, list[str]], s: MaceSettings) -> dict:
     """Per-structure inference time of every method, interleaved rounds, medians and ratios.
 
     ``model``: forward + force backward of the torch model(s) on a pre-built graph (the graph is
-    built once and shared, as MACECalculator does for a committee). ``calculator``: the ASE
+    built once and shared, as MACECalculator does for a committee), each model as its
+    calculator runs it (:func:`inference_models`: a head as TorchScript). ``calculator``: the ASE
     calculator end to end (MACECalculator for plain and ensemble, MACEUQCalculator for heads;
     note that MACECalculator always computes the stress as well).
     """
     from ase.calculators.calculator import all_changes
 
-    from eip_plugins.mace.calculator import load_model
-
     frames = common.timing_frames(data, s.timing_structures)
-    loaded = {p: load_model(p).double().eval() for paths in models.values() for p in paths}
-    for m in loaded.values():
-        for p in m.parameters():
-            p.requires_grad_(False)
+    loaded = inference_models(models)
     batches = _mace_batches(frames, loaded[models["plain"][0]])
 
     def model_fn(paths):
@@ -296,10 +311,12 @@ def time_inference(data: Path, models: dict[str, list[str]], s: MaceSettings) ->
     LOG.info("timing %d structures x %d rounds", len(frames), s.timing_rounds)
     raw = common.interleaved_timings(funcs, rounds=s.timing_rounds)
     timings = common.summarize_timings(raw, len(frames), list(timed))
-    if "e2ip" in timed:  # the same e2ip model with the feature-distance term skipped
-        loaded["e2ip_no_distance"] = common.without_distance_term(loaded[timed["e2ip"][0]])
+    if "e2ip" in timed:  # the eager e2ip model against itself with the distance term skipped
+        eager = inference_models({"e2ip": timed["e2ip"]}, torchscript_head=False)
+        loaded["e2ip_eager"] = eager[timed["e2ip"][0]]
+        loaded["e2ip_no_distance"] = common.without_distance_term(loaded["e2ip_eager"])
         timings["distance_term"] = common.distance_term_cost(
-            model_fn(timed["e2ip"]), model_fn(["e2ip_no_distance"]), 3 * s.timing_rounds
+            model_fn(["e2ip_eager"]), model_fn(["e2ip_no_distance"]), 3 * s.timing_rounds
         )
     return timings
 
