@@ -86,7 +86,8 @@ def add_energy_key_argument(p: argparse.ArgumentParser) -> None:
 
 
 def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
-    """``--no_density``, ``--recalibrate`` (shared with ``eip-calibrate``)."""
+    """``--no_density``, ``--density_strength``, ``--density_power``, ``--no_output_range``,
+    ``--recalibrate`` (shared with ``eip-calibrate``)."""
     p.add_argument(
         "--no_density",
         action="store_true",
@@ -107,6 +108,12 @@ def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
         help="p of the evidence factor 1 / (1 + a r^(2p))",
     )
     p.add_argument(
+        "--no_output_range",
+        action="store_true",
+        help="do not clamp the head's learned outputs to their range over the training atoms "
+        "(the head then extrapolates them out of distribution)",
+    )
+    p.add_argument(
         "--recalibrate",
         choices=RECALIBRATION_CHOICES,
         default="nll",
@@ -120,6 +127,7 @@ def calibration_settings(args) -> CalibrationSettings:
         strength=args.density_strength,
         power=args.density_power,
         recalibrate=args.recalibrate,
+        output_range=not args.no_output_range,
     )
 
 

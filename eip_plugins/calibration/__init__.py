@@ -1,12 +1,13 @@
-"""Fit a trained head's per-element feature statistics and recalibration scale (``eip-calibrate``,
-and automatically at the end of ``mace_run_train --head``, ``nequip-train`` and ``eip-attach``)."""
+"""Fit a trained head's per-element feature statistics, output range and recalibration scale
+(``eip-calibrate``, and automatically at the end of ``mace_run_train --head``, ``nequip-train``
+and ``eip-attach``)."""
 
 from .fit import (
     RECALIBRATION_CHOICES,
     CalibrationSettings,
     calibrate_head,
     calibrate_or_keep,
-    fit_feature_statistics,
+    fit_training_statistics,
     head_predictions,
 )
 
@@ -15,6 +16,6 @@ __all__ = [
     "CalibrationSettings",
     "calibrate_head",
     "calibrate_or_keep",
-    "fit_feature_statistics",
+    "fit_training_statistics",
     "head_predictions",
 ]

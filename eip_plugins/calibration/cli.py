@@ -1,6 +1,6 @@
-"""``eip-calibrate``: (re)fit the feature statistics and the recalibration scale of a model that
-already has an evidential head (trained with ``--head`` / ``config_with_eip`` or by
-``eip-attach``). Backbone and head weights are not changed.
+"""``eip-calibrate``: (re)fit the feature statistics, the output range and the recalibration
+scale of a model that already has an evidential head (trained with ``--head`` /
+``config_with_eip`` or by ``eip-attach``). Backbone and head weights are not changed.
 
 Examples::
 

@@ -6,7 +6,9 @@ call :func:`calibrate_head`:
 
 1. one pass without gradients over the *training* chunks accumulates per-species mean and
    covariance of the head's invariant descriptors (:class:`~eip_plugins.core.FeatureStatistics`)
-   and stores them in ``head.density``;
+   and stores them in ``head.density``, and the per-species range of the head's learned outputs
+   (:class:`~eip_plugins.core.output_range.OutputRangeStatistics`), stored in
+   ``head.output_range``;
 2. one pass over the *validation* chunks gives the head's parameters with the new statistics and
    c = 1; the scale c that minimises their NLL (or CE) is stored in ``head.variance_scale``.
 
@@ -30,6 +32,7 @@ from ..core.feature_density import (
     FeatureStatistics,
 )
 from ..core.metrics import calibration, force_error, roc_auc, spearman
+from ..core.output_range import OutputRangeStatistics
 from ..core.predictive import predictive_distribution
 from ..core.recalibration import OBJECTIVES, fit_variance_scale
 
@@ -49,6 +52,8 @@ class CalibrationSettings:
             the evidence as trained but still reports the distance.
         recalibrate: ``"nll"`` (default), ``"ce"`` or ``"none"`` (c = 1).
         shrinkage: minimum shrinkage of the covariances toward their diagonal, in [0, 1].
+        output_range: fit the range of the head's learned outputs over the training atoms and
+            clamp them to it (bounded extrapolation); ``False`` lets them extrapolate.
     """
 
     density: bool = True
@@ -56,6 +61,7 @@ class CalibrationSettings:
     power: float = DEFAULT_POWER
     recalibrate: str = "nll"
     shrinkage: float = DEFAULT_SHRINKAGE
+    output_range: bool = True
 
     def __post_init__(self) -> None:
         if self.recalibrate not in RECALIBRATION_CHOICES:
@@ -76,23 +82,64 @@ def _species(chunk) -> torch.Tensor:
     return torch.zeros(chunk.node_feats.shape[0], dtype=torch.long)
 
 
-@torch.no_grad()
-def fit_feature_statistics(head: nn.Module, chunks: Iterable, shrinkage: float) -> dict:
-    """Accumulate and store the per-species statistics of ``head``'s descriptors.
+class _OutputRangeRecorder:
+    """Records what enters (and leaves) ``head.output_range`` while it is registered."""
 
-    Returns ``{"atoms_per_species": [...], "dim": D, "seconds": wall time of the pass}``.
+    def __init__(self, head: nn.Module):
+        self.inputs: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        self.clamped_atoms = 0
+        self.atoms = 0
+        self._handle = head.output_range.register_forward_hook(self._record)
+
+    def _record(self, module, args, output) -> None:
+        values = args[0].detach()
+        species = args[1].detach() if len(args) > 1 and args[1] is not None else None
+        self.inputs.append((values, species))
+        self.clamped_atoms += int((values != output.detach()).any(-1).sum())
+        self.atoms += values.shape[0]
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+@torch.no_grad()
+def fit_training_statistics(
+    head: nn.Module, chunks: Iterable, shrinkage: float, density: bool, output_range: bool
+) -> dict:
+    """One pass over the training ``chunks``: the per-species statistics of ``head``'s
+    descriptors (``density``) and the per-species range of its learned outputs
+    (``output_range``), stored in the head.
+
+    Returns ``{"atoms_per_species": [...], "dim": D, "seconds": ...}`` (the statistics) and/or
+    ``{"output_range": {"atoms": N, "seconds": ...}}``.
     """
     t0 = time.perf_counter()
-    density = head.density
-    stats = FeatureStatistics(density.num_species, density.dim)
-    for chunk in chunks:
-        stats.update(head.invariants(chunk.node_feats), _species(chunk))
-    density.load_statistics(stats.finalize(shrinkage=shrinkage))
-    return {
-        "atoms_per_species": stats.count.long().tolist(),
-        "dim": density.dim,
-        "seconds": round(time.perf_counter() - t0, 2),
-    }
+    stats = FeatureStatistics(head.density.num_species, head.density.dim) if density else None
+    ranges = recorder = None
+    if output_range:
+        ranges = OutputRangeStatistics(head.output_range.num_species, len(head.output_range.names))
+        recorder = _OutputRangeRecorder(head)
+    try:
+        for chunk in chunks:
+            if stats is not None:
+                stats.update(head.invariants(chunk.node_feats), _species(chunk))
+            if recorder is not None:
+                head.forward_with_distance(*chunk.head_inputs())
+                for values, species in recorder.inputs:
+                    ranges.update(values, species)
+                recorder.inputs.clear()
+    finally:
+        if recorder is not None:
+            recorder.remove()
+    report: dict = {}
+    if stats is not None:
+        head.density.load_statistics(stats.finalize(shrinkage=shrinkage))
+        report.update(atoms_per_species=stats.count.long().tolist(), dim=head.density.dim)
+    if ranges is not None:
+        head.output_range.load_range(*ranges.finalize())
+        report["output_range"] = {"atoms": int(ranges.count.sum())}
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    return report
 
 
 @torch.no_grad()
@@ -111,6 +158,19 @@ def head_predictions(head: nn.Module, chunks: Iterable):
     kind = type(params[0])
     stacked = kind(*(torch.cat([getattr(p, f) for p in params]).double() for f in kind._fields))
     return stacked, torch.cat(ref), torch.cat(forces), torch.cat(dist)
+
+
+def bounded_fraction(head: nn.Module, chunks: Iterable) -> float:
+    """The fraction of the atoms of ``chunks`` with at least one output clamped by
+    ``head.output_range``."""
+    recorder = _OutputRangeRecorder(head)
+    try:
+        with torch.no_grad():
+            for chunk in chunks:
+                head.forward_with_distance(*chunk.head_inputs())
+    finally:
+        recorder.remove()
+    return recorder.clamped_atoms / max(recorder.atoms, 1)
 
 
 def _quality(head, params, forces_ref, forces) -> dict:
@@ -144,14 +204,21 @@ def calibrate_head(
     head.eval()
     head.density.reset()
     head.density.set_evidence_form(settings.strength, settings.power)
+    head.output_range.reset()
     head.variance_scale.set(1.0)
     report: dict = {"settings": asdict(settings)}
     valid_chunks = list(valid_chunks) if valid_chunks is not None else None
     if valid_chunks:
         params, ref, forces, _ = head_predictions(head, valid_chunks)
         report["before"] = _quality(head, params, ref, forces)
-    if settings.density:
-        report["statistics"] = fit_feature_statistics(head, train_chunks, settings.shrinkage)
+    if settings.density or settings.output_range:
+        fitted = fit_training_statistics(
+            head, train_chunks, settings.shrinkage, settings.density, settings.output_range
+        )
+        if "output_range" in fitted:
+            report["output_range"] = fitted.pop("output_range")
+        if settings.density:
+            report["statistics"] = fitted
     scale = 1.0
     if valid_chunks:
         params, ref, forces, dist_sq = head_predictions(head, valid_chunks)
@@ -161,12 +228,15 @@ def calibrate_head(
             params, ref, forces, dist_sq = head_predictions(head, valid_chunks)
         report["after"] = _quality(head, params, ref, forces)
         report["after"]["mean_feature_distance"] = float(torch.sqrt(dist_sq).mean())
+        if settings.output_range:
+            report["after"]["bounded_fraction"] = bounded_fraction(head, valid_chunks)
     report["variance_scale"] = scale
     report["seconds"] = time.perf_counter() - t0
     head.train(was_training)
     log.info(
-        "uncertainty calibration: statistics %s, c = %.4g%s (%.1f s)",
+        "uncertainty calibration: statistics %s, output range %s, c = %.4g%s (%.1f s)",
         report.get("statistics", "off"),
+        report.get("output_range", "off"),
         scale,
         _before_after(report),
         report["seconds"],

@@ -25,6 +25,7 @@ from .losses import (
 )
 from .mve_head import EquivariantGaussianHead
 from .objective import evidential_total_loss
+from .output_range import OutputRange, OutputRangeStatistics
 from .outputs import uncertainty_fields
 from .params import ForceUncertainty, GaussianParams, NIGParams, NIWParams
 from .recalibration import VarianceScale, fit_variance_scale, scale_params
@@ -54,6 +55,8 @@ __all__ = [
     "InvariantFeatures",
     "NIGParams",
     "NIWParams",
+    "OutputRange",
+    "OutputRangeStatistics",
     "UDDConfig",
     "VarianceScale",
     "build_head",

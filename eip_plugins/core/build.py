@@ -34,8 +34,10 @@ def build_head(
     - ``head.uncertainty(params) -> ForceUncertainty``;
     - ``head.fields(params, batch (N,), num_graphs, d^2 (N,)) -> Dict[str, Tensor]`` output
       fields;
-    - ``head.density`` (per-element feature statistics, :mod:`.feature_density`) and
-      ``head.variance_scale`` (recalibration, :mod:`.recalibration`), both empty until fitted.
+    - ``head.density`` (per-element feature statistics, :mod:`.feature_density`),
+      ``head.output_range`` (the training range of the learned outputs, :mod:`.output_range`)
+      and ``head.variance_scale`` (recalibration, :mod:`.recalibration`), all empty until
+      fitted.
 
     ``num_species``: species (elements or model types, indices 0..num_species-1) of the
     per-element feature statistics. ``r_max`` (A) and ``avg_num_neighbors``: the backbone's

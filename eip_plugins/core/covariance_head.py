@@ -85,6 +85,13 @@ class EquivariantCovarianceHead(nn.Module):
             self.log_psi0.fill_(math.log(psi0))
 
     def forward(self, node_feats: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        s, t, scalars = self.tangent(node_feats)
+        psi, psi_inv, log_det = self.spd(s, t)
+        return scalars, psi, psi_inv, log_det
+
+    def tangent(self, node_feats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The bounded tangent vector and the extra scalars: s (N,), t (N, 5) (the l = 2
+        coefficients of T in e3nn's basis), scalars (N, n_scalars)."""
         check_feature_dim(node_feats, self.feature_dim)
         n = node_feats.shape[0]
         h = self.hidden
@@ -106,13 +113,41 @@ class EquivariantCovarianceHead(nn.Module):
         s = out[:, 0]
         gates = out[:, 1 : 1 + self.n_l2]
         scalars = out[:, 1 + self.n_l2 :]
-        # t_nk = sum_c gates_nc l2_nck / sqrt(n_l2); T_nij = sum_k t_nk Q_kij (matrix products:
-        # einsum's per-call planning costs more than the arithmetic on molecule-sized inputs)
+        # t_nk = sum_c gates_nc l2_nck / sqrt(n_l2) (a matrix product: einsum's per-call planning
+        # costs more than the arithmetic on molecule-sized inputs)
         t = torch.bmm(gates.unsqueeze(1), l2_channels).squeeze(1) / math.sqrt(self.n_l2)
         s, t = bound_log_scale(s, t, self.max_log_scale)
+        return s, t, scalars
+
+    def spd(self, s: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Psi = psi0 exp(s I + T) (N, 3, 3), its inverse and log det (N,) from s (N,), t (N, 5)."""
+        n = s.shape[0]
         traceless = (t @ self.l2_to_cartesian.to(t.dtype).reshape(5, 9)).reshape(n, 3, 3)
-        psi, psi_inv, log_det = spd_from_tangent(s, traceless, self.log_psi0.to(t.dtype))
-        return scalars, psi, psi_inv, log_det
+        return spd_from_tangent(s, traceless, self.log_psi0.to(t.dtype))
+
+
+#: the invariant outputs of :meth:`EquivariantCovarianceHead.tangent` an output range bounds
+#: (:func:`tangent_outputs`): the isotropic log scale s and the anisotropy |t|, bounded from
+#: above only
+TANGENT_OUTPUTS = ("log_scale", "anisotropy")
+TANGENT_UPPER_ONLY = ("anisotropy",)
+
+
+def tangent_outputs(s: Tensor, t: Tensor, scalars: Tensor) -> Tensor:
+    """The invariants [s, |t|, scalars...] (N, 2 + n_scalars) of a tangent vector s (N,),
+    t (N, 5) and the extra scalars (N, n_scalars)."""
+    norm = torch.sqrt((t * t).sum(-1) + 1e-12)
+    return torch.cat([s.unsqueeze(-1), norm.unsqueeze(-1), scalars], dim=-1)
+
+
+def from_tangent_outputs(bounded: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(s, t, scalars) from the bounded invariants of :func:`tangent_outputs` (N, 2 + n) and the
+    original t (N, 5): t is scaled down (along itself, so equivariance is kept) where its norm was
+    bounded, and returned as it is elsewhere."""
+    norm = torch.sqrt((t * t).sum(-1) + 1e-12)
+    bounded_norm = bounded[:, 1]
+    t = torch.where((bounded_norm < norm).unsqueeze(-1), t * (bounded_norm / norm).unsqueeze(-1), t)
+    return bounded[:, 0], t, bounded[:, 2:]
 
 
 def positive(x: Tensor, floor: float) -> Tensor:

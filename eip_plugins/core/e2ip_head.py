@@ -6,7 +6,14 @@ import torch
 from torch import Tensor
 
 from .config import HeadConfig
-from .covariance_head import EquivariantCovarianceHead, positive
+from .covariance_head import (
+    TANGENT_OUTPUTS,
+    TANGENT_UPPER_ONLY,
+    EquivariantCovarianceHead,
+    from_tangent_outputs,
+    positive,
+    tangent_outputs,
+)
 from .head_base import HeadBase
 from .losses import niw_evidence_regularizer, niw_student_t_nll
 from .outputs import uncertainty_fields
@@ -20,9 +27,12 @@ _KAPPA_FLOOR = 1e-4
 class EquivariantEvidentialHead(HeadBase):
     """e2IP head: (mu0, kappa, nu_w, Psi) per atom with Psi(R x) = R Psi(x) R^T.
 
-    Density-aware evidence and recalibration (SPEC §1c): kappa = kappa_net D / (D + a d^2) with
-    d^2 the invariant feature distance of the atom (so Var[mu] grows with d^2, E[Sigma] does not,
-    and equivariance is kept), and Psi = c Psi_net. Both are identities until fitted.
+    Density-aware evidence, bounded extrapolation and recalibration (SPEC §1c): the learned
+    invariants (log scale and anisotropy of Psi, kappa_net, nu_w) are clamped to the range they
+    covered on the training atoms (:class:`~eip_plugins.core.output_range.OutputRange`),
+    kappa = kappa_net / (1 + a r^(2p)) with r the invariant feature distance of the atom (so
+    Var[mu] grows with r, E[Sigma] does not, and equivariance is kept), and Psi = c Psi_net. All
+    three are identities until fitted.
 
     Args:
         irreps_in: irreps of the backbone node features (without 1o channels the head builds
@@ -36,6 +46,8 @@ class EquivariantEvidentialHead(HeadBase):
     """
 
     kind: str = "e2ip"
+    bounded_outputs = (*TANGENT_OUTPUTS, "kappa", "nu_w")
+    bounded_upper_only = TANGENT_UPPER_ONLY
 
     def build(self, config: HeadConfig) -> None:
         self.covariance = EquivariantCovarianceHead(
@@ -63,7 +75,10 @@ class EquivariantEvidentialHead(HeadBase):
         node_feats, forces = self.backbone_inputs(node_feats, forces)
         distance_sq = self.feature_distance_sq(node_feats, species)
         feats = self.head_features(node_feats, edge_index, edge_vectors)
-        scalars, psi, psi_inv, log_det = self.covariance(feats)
+        s, t, scalars = self.covariance.tangent(feats)
+        bounded = self.output_range(tangent_outputs(s, t, scalars), species)
+        s, t, scalars = from_tangent_outputs(bounded, t)
+        psi, psi_inv, log_det = self.covariance.spd(s, t)
         kappa = positive(scalars[:, 0], self.kappa_floor)
         kappa = kappa * self.density.evidence_factor(distance_sq)
         nu_w = positive(scalars[:, 1], self.nu_w_floor)

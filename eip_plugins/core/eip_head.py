@@ -35,8 +35,10 @@ class ShiftedSoftplus(nn.Module):
 class ComponentwiseEvidentialHead(HeadBase):
     """eIP head: NIG parameters (gamma, nu, alpha, beta) per atom and Cartesian component.
 
-    Density-aware evidence and recalibration (SPEC §1c): nu = nu_net D / (D + a d^2) per
-    component, beta = c beta_net; identities until fitted.
+    Density-aware evidence, bounded extrapolation and recalibration (SPEC §1c): the MLP's nine
+    raw outputs (alpha, beta, nu per component, before their softplus) are clamped to the range
+    they covered on the training atoms (:class:`~eip_plugins.core.output_range.OutputRange`),
+    nu = nu_net / (1 + a r^(2p)) per component, beta = c beta_net; identities until fitted.
 
     Args:
         irreps_in: irreps of the backbone node features; the 1o channels of ``head_irreps``
@@ -50,6 +52,7 @@ class ComponentwiseEvidentialHead(HeadBase):
     """
 
     kind: str = "eip"
+    bounded_outputs = tuple(f"{p}_{c}" for c in "xyz" for p in ("alpha", "beta", "nu"))
 
     def build(self, config: HeadConfig) -> None:
         self.feature_dim = o3.Irreps(self.irreps_in).dim
@@ -81,6 +84,7 @@ class ComponentwiseEvidentialHead(HeadBase):
         n = feats.shape[0]
         vectors = feats[:, self.vector_index].reshape(n, -1, 3).transpose(1, 2)  # (N, 3, H)
         raw = self.mlp(vectors)  # (N, 3 components, 3 outputs)
+        raw = self.output_range(raw.reshape(n, 9), species).reshape(n, 3, 3)
         alpha = F.softplus(raw[..., 0]) + 1.0 + self.alpha_floor
         beta = F.softplus(raw[..., 1]) + self.beta_floor
         nu = F.softplus(raw[..., 2]) + self.nu_floor

@@ -16,6 +16,7 @@ from .feature_density import FeatureDensity
 from .geometric_features import GeometricFeatures
 from .invariants import InvariantFeatures
 from .irreps_features import count_irreps
+from .output_range import OutputRange
 from .recalibration import VarianceScale
 
 
@@ -55,13 +56,18 @@ class HeadBase(nn.Module):
             geometric features' neighbour sum).
 
     Submodules: ``invariants`` (:class:`InvariantFeatures`, D descriptors per atom of the
-    backbone's features), ``density`` (:class:`FeatureDensity`), ``variance_scale``
+    backbone's features), ``density`` (:class:`FeatureDensity`), ``output_range``
+    (:class:`OutputRange` of the head class's ``bounded_outputs``), ``variance_scale``
     (:class:`VarianceScale`), ``geometry`` (:class:`GeometricFeatures` or ``None``).
     Attributes: ``irreps_in`` (the backbone's features), ``head_irreps`` (what the
     parameterisation reads: ``irreps_in``, plus the geometric channels when ``geometry`` is set).
     """
 
     detach_backbone: bool
+    #: the learned invariant outputs ``output_range`` bounds (in the order the head passes them),
+    #: and those of them bounded from above only
+    bounded_outputs: Tuple[str, ...] = ()
+    bounded_upper_only: Tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -116,6 +122,9 @@ class HeadBase(nn.Module):
         super().__setstate__(state)
         if "head_irreps" not in self.__dict__ and "irreps_in" in self.__dict__:
             self.head_irreps = self.irreps_in
+        if "output_range" not in self._modules and "density" in self._modules:
+            # pickled before the output range existed: nothing is clamped until it is fitted
+            self.output_range = self.new_output_range(self.density.num_species)
 
     def head_features(
         self, node_feats: Tensor, edge_index: Optional[Tensor], edge_vectors: Optional[Tensor]
@@ -141,12 +150,18 @@ class HeadBase(nn.Module):
         return node_feats, forces
 
     def init_density(self, irreps_in, num_species: int) -> None:
-        """(Re)create the density and recalibration modules with empty statistics and c = 1."""
+        """(Re)create the density, output range and recalibration modules with empty statistics,
+        no bounds and c = 1."""
         if int(num_species) < 1:
             raise ValueError(f"invalid num_species={num_species!r}: must be >= 1")
         self.invariants = InvariantFeatures(irreps_in)
         self.density = FeatureDensity(int(num_species), self.invariants.dim)
+        self.output_range = self.new_output_range(int(num_species))
         self.variance_scale = VarianceScale()
+
+    def new_output_range(self, num_species: int) -> OutputRange:
+        """An unfitted :class:`OutputRange` of this head class's ``bounded_outputs``."""
+        return OutputRange(num_species, self.bounded_outputs, self.bounded_upper_only)
 
     def feature_distance_sq(self, node_feats: Tensor, species: Optional[Tensor]) -> Tensor:
         """r_i^2 (N,), the normalised squared Mahalanobis distance of each atom's descriptors to

@@ -6,7 +6,13 @@ import torch
 from torch import Tensor
 
 from .config import HeadConfig
-from .covariance_head import EquivariantCovarianceHead
+from .covariance_head import (
+    TANGENT_OUTPUTS,
+    TANGENT_UPPER_ONLY,
+    EquivariantCovarianceHead,
+    from_tangent_outputs,
+    tangent_outputs,
+)
 from .head_base import HeadBase
 from .losses import gaussian_force_nll
 from .outputs import uncertainty_fields
@@ -20,7 +26,9 @@ class EquivariantGaussianHead(HeadBase):
 
     It has no epistemic part, so the feature distance is reported but does not change Sigma
     (it is the aleatoric-only baseline; examples/benchmark/README.md measures what scaling Sigma
-    by the density factor would do); recalibration gives Sigma = c Sigma_net.
+    by the density factor would do); the log scale and anisotropy of Sigma are clamped to the range
+    they covered on the training atoms (:class:`~eip_plugins.core.output_range.OutputRange`), and
+    recalibration gives Sigma = c Sigma_net.
 
     Forward:
         node_feats (N, irreps_in.dim), forces (N, 3) eV/A, species (N,) int64 (optional) ->
@@ -28,6 +36,8 @@ class EquivariantGaussianHead(HeadBase):
     """
 
     kind: str = "mve"
+    bounded_outputs = TANGENT_OUTPUTS
+    bounded_upper_only = TANGENT_UPPER_ONLY
 
     def build(self, config: HeadConfig) -> None:
         self.covariance = EquivariantCovarianceHead(
@@ -52,7 +62,10 @@ class EquivariantGaussianHead(HeadBase):
         node_feats, forces = self.backbone_inputs(node_feats, forces)
         distance_sq = self.feature_distance_sq(node_feats, species)
         feats = self.head_features(node_feats, edge_index, edge_vectors)
-        _, cov, cov_inv, log_det = self.covariance(feats)
+        s, t, scalars = self.covariance.tangent(feats)
+        bounded = self.output_range(tangent_outputs(s, t, scalars), species)
+        s, t, _ = from_tangent_outputs(bounded, t)
+        cov, cov_inv, log_det = self.covariance.spd(s, t)
         params = GaussianParams(forces, cov, cov_inv, log_det)
         return scale_gaussian(params, self.variance_scale.scale), distance_sq
 

@@ -144,6 +144,14 @@ def add_head_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help="p of the evidence factor 1 / (1 + a r^(2p)) (1: epistemic variance linear in r^2)",
     )
     group.add_argument(
+        "--eip_output_range",
+        type=_str2bool,
+        default=True,
+        help="after training, record the range of the head's learned outputs over the training "
+        "atoms and clamp them to it, so that out of distribution only the feature distance "
+        "grows the uncertainty (False: the head extrapolates them)",
+    )
+    group.add_argument(
         "--eip_recalibrate",
         choices=RECALIBRATION_CHOICES,
         default="nll",
@@ -164,7 +172,8 @@ def _str2bool(value: str) -> bool:
 
 def calibration_settings_from_args(args) -> CalibrationSettings:
     """What is fitted at the end of a ``--head`` run (``--eip_density_statistics``,
-    ``--eip_density_strength``, ``--eip_density_power``, ``--eip_recalibrate``); raises
+    ``--eip_density_strength``, ``--eip_density_power``, ``--eip_output_range``,
+    ``--eip_recalibrate``); raises
     :class:`HeadArgumentError` naming the flag."""
     try:
         return CalibrationSettings(
@@ -172,6 +181,7 @@ def calibration_settings_from_args(args) -> CalibrationSettings:
             strength=float(getattr(args, "eip_density_strength", DEFAULT_STRENGTH)),
             power=float(getattr(args, "eip_density_power", DEFAULT_POWER)),
             recalibrate=getattr(args, "eip_recalibrate", "nll"),
+            output_range=bool(getattr(args, "eip_output_range", True)),
         )
     except ValueError as err:
         flag = "--eip_density_power" if "power" in str(err) else "--eip_density_strength"

@@ -27,7 +27,7 @@ from .head_module import evidential_head_outputs
 
 log = logging.getLogger(__name__)
 
-_HEAD_BUFFERS = (".density.", ".variance_scale.")
+_HEAD_BUFFERS = (".density.", ".output_range.", ".variance_scale.")
 
 
 def head_of(model: torch.nn.Module) -> torch.nn.Module:
@@ -61,7 +61,8 @@ def store_head_buffers(state_dict: dict, buffers: dict[str, torch.Tensor]) -> No
 
 
 class UncertaintyCalibration(Callback):
-    """Fit feature statistics and recalibration into the checkpoints at the end of training.
+    """Fit feature statistics, output range and recalibration into the checkpoints at the end of
+    training.
 
     Args:
         density: fit the per-type feature statistics (density-aware evidence and the
@@ -70,6 +71,8 @@ class UncertaintyCalibration(Callback):
         recalibrate: ``"nll"`` (default), ``"ce"`` or ``"none"``: the objective of the scale c
             fitted on the validation data.
         shrinkage: minimum covariance shrinkage toward the diagonal.
+        output_range: clamp the head's learned outputs to their range over the training atoms
+            (``False``: the head extrapolates them out of distribution).
 
     Usage (``trainer.callbacks`` of the config)::
 
@@ -77,6 +80,7 @@ class UncertaintyCalibration(Callback):
           density: true         # per-type feature statistics
           power: 2.0            # evidence factor 1 / (1 + strength * r^(2 power))
           recalibrate: nll      # nll | ce | none
+          output_range: true    # learned outputs bounded by their training range
     """
 
     def __init__(
@@ -86,6 +90,7 @@ class UncertaintyCalibration(Callback):
         power: float = DEFAULT_POWER,
         recalibrate: str = "nll",
         shrinkage: float = DEFAULT_SHRINKAGE,
+        output_range: bool = True,
     ):
         super().__init__()
         try:
@@ -95,6 +100,7 @@ class UncertaintyCalibration(Callback):
                 power=float(power),
                 recalibrate=recalibrate,
                 shrinkage=float(shrinkage),
+                output_range=bool(output_range),
             )
         except ValueError as err:
             raise ValueError(f"UncertaintyCalibration: {err}") from None

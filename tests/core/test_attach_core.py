@@ -109,8 +109,12 @@ def test_calibrate_head_fits_statistics_and_scale_and_reports_before_after():
     head.variance_scale.set(report["variance_scale"])
     assert report["after"]["nll"] < nll_off and report["before"]["nll"] != report["after"]["nll"]
     assert report["after"]["mean_feature_distance"] > 0
-    off = calibrate_head(head, train, valid, CalibrationSettings(density=False, recalibrate="none"))
-    assert not head.density.fitted and off["variance_scale"] == 1.0
+    assert head.output_range.fitted and report["output_range"] == {"atoms": 24 * 8}
+    assert 0.0 <= report["after"]["bounded_fraction"] < 0.5
+    nothing = CalibrationSettings(density=False, output_range=False, recalibrate="none")
+    off = calibrate_head(head, train, valid, nothing)
+    assert not head.density.fitted and not head.output_range.fitted
+    assert off["variance_scale"] == 1.0 and "output_range" not in off
     assert off["after"]["nll"] == off["before"]["nll"]
 
 

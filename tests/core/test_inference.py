@@ -4,7 +4,13 @@ what TorchScript cannot compile with one line."""
 
 import pytest
 import torch
-from core_helpers import ToyBackbone, fit_random_statistics, make_head, radius_graph
+from core_helpers import (
+    ToyBackbone,
+    fit_narrow_output_range,
+    fit_random_statistics,
+    make_head,
+    radius_graph,
+)
 
 from eip_plugins.core.inference import INFERENCE_METHODS, script_head
 
@@ -47,6 +53,8 @@ def test_scripted_head_gives_the_eager_outputs_and_gradients(kind, irreps):
     fit_random_statistics(head, num_species=2)
     head.variance_scale.set(0.6)
     head.eval()
+    _, feats, forces, species, edge_index, edge_vectors, _ = _inputs(irreps)
+    fit_narrow_output_range(head, feats, forces, species, edge_index, edge_vectors)  # clamps
     scripted = script_head(head)
     assert isinstance(scripted, torch.jit.ScriptModule)
     assert all(hasattr(scripted, m) for m in INFERENCE_METHODS)

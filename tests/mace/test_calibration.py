@@ -102,22 +102,27 @@ def test_eip_calibrate_reproduces_the_end_of_training_fit(e2ip_run, data, tmp_pa
     assert "variance scale c =" in proc.stdout and "validation: CE" in proc.stdout
     assert _sha(e2ip_run["model"]) == digest
     trained, again = _load(e2ip_run["model"]).head, _load(out).head
-    for name, buf in trained.density.named_buffers():
-        torch.testing.assert_close(getattr(again.density, name), buf, rtol=2e-4, atol=1e-5)
+    assert trained.output_range.fitted  # by mace_run_train, after training
+    for module in ("density", "output_range"):
+        for name, buf in getattr(trained, module).named_buffers():
+            again_buf = getattr(getattr(again, module), name)
+            torch.testing.assert_close(again_buf, buf, rtol=2e-4, atol=1e-5, msg=name)
     torch.testing.assert_close(
         again.variance_scale.scale, trained.variance_scale.scale, rtol=1e-3, atol=0
     )
-    # switched off: no distance, c = 1, the head exactly as trained
+    # switched off: no distance, no range, c = 1, the head exactly as trained
     off = tmp_path / "off.model"
     _calibrate(
         tmp_path,
         "--model", e2ip_run["model"], "--train_file", data["train"], "--valid_file",
-        data["valid"], "--output", off, "--no_density", "--recalibrate", "none",
+        data["valid"], "--output", off, "--no_density", "--no_output_range", "--recalibrate",
+        "none",
     )  # fmt: skip
     frames = ase.io.read(data["test_1200K"], ":3")
     assert np.all(_distances(off, frames) == 0.0)
     head = _load(off).head
     assert not head.density.fitted and float(head.variance_scale.scale) == 1.0
+    assert not head.output_range.fitted
 
 
 def test_eip_calibrate_bad_input(e2ip_run, plain_runs, data, tmp_path):

@@ -34,7 +34,7 @@ def _head_state(ckpt_path) -> dict:
     return {
         k.split(".head.")[1]: v
         for k, v in ck["state_dict"].items()
-        if ".head.density." in k or ".head.variance_scale." in k
+        if any(f".head.{part}." in k for part in ("density", "output_range", "variance_scale"))
     }
 
 
@@ -79,16 +79,18 @@ def test_eip_calibrate_refits_a_checkpoint(runs, tmp_path):
     )  # fmt: skip
     assert "variance scale c =" in proc.stdout and _sha(best) == digest
     trained, again = _head_state(best), _head_state(out)
+    assert "output_range.upper" in trained and (trained["output_range.upper"] < 1e29).all()
     for key, value in trained.items():  # the same data as nequip-train: the same fit
         torch.testing.assert_close(again[key], value, rtol=2e-4, atol=1e-5)
     off = tmp_path / "off.ckpt"
     _calibrate(
         tmp_path,
         "--model", best, "--train_file", DATA / "ethanol_train.xyz", "--output", off,
-        "--no_density", "--recalibrate", "none",
+        "--no_density", "--no_output_range", "--recalibrate", "none",
     )  # fmt: skip
     frames = ase.io.read(DATA / "ethanol_test_1200K.xyz", ":3")
     assert np.all(_distances(NequIPUQCalculator.from_saved_model(off), frames) == 0.0)
+    assert (_head_state(off)["output_range.upper"] == 1e30).all()
 
 
 def test_eip_calibrate_bad_input(runs, tmp_path):

@@ -116,17 +116,20 @@ def test_metrics_match_core_over_an_epoch(ethanol_300K, ethanol_1200K):
 @pytest.mark.parametrize("head", ["e2ip", "mve"])
 def test_batched_and_single_frame_fields_agree(head, ethanol_300K):
     """The compile-friendly single-frame path (no `batch`) equals the batched path."""
-    from eip_plugins.calibration import fit_feature_statistics
+    from eip_plugins.calibration import fit_training_statistics
     from eip_plugins.nequip.calibration import head_of
     from eip_plugins.nequip.features import feature_chunks
 
     model = build_model(head)
     model.eval()
     data = to_data(ethanol_300K[:1])
-    # statistics of a few frames, so that the distance fields are not all zero
+    # statistics and output range of a few frames, so that the distance fields are not all zero
+    # and the first frame's outputs may be clamped
     head_module = head_of(model)
     batches = [(to_data(ethanol_300K[i : i + 5]), torch.zeros(45, 3)) for i in (5, 10, 15)]
-    fit_feature_statistics(head_module, feature_chunks(model, batches), shrinkage=0.1)
+    fit_training_statistics(
+        head_module, feature_chunks(model, batches), 0.1, density=True, output_range=True
+    )
     batched = model(data.copy())
     single = data.copy()
     single.pop(AtomicDataDict.BATCH_KEY)
