@@ -53,6 +53,8 @@ def run_part(framework: str, python: Path, data: Path, out: Path, args) -> dict:
         cmd.append(f"--epochs={args.epochs}")
     if args.reuse:
         cmd.append("--reuse")
+    if args.recalibrate:
+        cmd.append("--recalibrate")
     if args.members is not None:
         cmd.append(f"--members={args.members}")
     cmd.append(f"--seeds={args.seeds}")
@@ -108,6 +110,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     )
     p.add_argument("--no-water", action="store_true", help="leave out the periodic water box")
     p.add_argument("--reuse", action="store_true", help="reuse models already trained in --out")
+    p.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="with --reuse: refit every head model's calibration (eip-calibrate) and the "
+        "calibration variants before evaluating, without retraining",
+    )
     p.add_argument("--mace-heads", default=None, help="MACE heads (default e2ip,eip,mve)")
     p.add_argument("--nequip-heads", default=None, help="NequIP heads (default e2ip,eip,mve)")
     p.add_argument(

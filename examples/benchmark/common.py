@@ -560,6 +560,13 @@ def load_arrays(path: Path) -> dict:
 
 
 # -- one framework part: arguments and driver ------------------------------------------------------
+RECALIBRATE_HELP = (
+    "refit every head model's calibration (eip-calibrate, default settings) and re-run the "
+    "calibration variants before evaluating: with --reuse, what a change to the calibration "
+    "gives without retraining (training does not depend on it)"
+)
+
+
 def part_parser(description: str) -> argparse.ArgumentParser:
     """Arguments shared by ``mace_part`` and ``nequip_part``."""
     p = argparse.ArgumentParser(description=description)
@@ -570,6 +577,7 @@ def part_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--jobs", type=int, default=2, help="trainings run at the same time")
     p.add_argument("--members", type=int, default=None, help="ensemble size (default 4)")
     p.add_argument("--reuse", action="store_true", help="reuse models already trained in --out")
+    p.add_argument("--recalibrate", action="store_true", help=RECALIBRATE_HELP)
     p.add_argument("--seeds", type=int, default=1, help="independent runs of every method")
     p.add_argument("--heads", default=None, help="comma-separated subset of the heads")
     p.add_argument("--backbone", default=None, help="backbone variant (the part's BACKBONES)")
@@ -650,17 +658,37 @@ def attach_to_plain(
 
 # e2ip trained with its framework's CLI, refitted by `eip-calibrate` with other settings
 CALIBRATION_VARIANTS = {
-    "e2ip_as_trained": ["--no_density", "--recalibrate=none"],  # the head before issue 11
+    # the head before issue 11: nothing fitted after training
+    "e2ip_as_trained": ["--no_density", "--no_output_range", "--recalibrate=none"],
     "e2ip_recal_only": ["--no_density"],  # recalibration without the feature density
     "e2ip_p1": ["--density_power=1"],  # SPEC §1c's form: variance x (1 + r^2)
     "e2ip_ce": ["--recalibrate=ce"],  # the scale fitted on CE instead of NLL
+    "e2ip_unbounded": ["--no_output_range"],  # the learned outputs extrapolate (before 2026-12-01)
 }
+
+
+def recalibrated(framework: str, models: dict, data: Path, suffix: str) -> dict:
+    """``models`` with every head model (all but ``plain`` and ``ensemble``) replaced by its
+    refit by ``eip-calibrate <framework>`` with the default settings, written beside it as
+    ``<stem>_recalibrated<suffix>`` (the model file itself is kept)."""
+    out = dict(models)
+    for method, paths in models.items():
+        if method in ("plain", "ensemble"):
+            continue
+        source = Path(paths[0])
+        target = source.with_name(f"{source.stem}_recalibrated{suffix}")
+        log = source.parent / f"{source.stem}_recalibrate.log"
+        LOG.info("%s: eip-calibrate %s -> %s", framework, source, target.name)
+        run_head_tool("eip-calibrate", framework, source, data, target, [], log)
+        out[method] = [str(target)]
+    return out
 
 
 def calibration_variants(
     framework: str, e2ip_model: str, data: Path, workdir: Path, suffix: str, reuse: bool
 ) -> dict[str, str]:
-    """``eip-calibrate <framework>`` on the trained e2ip model, once per variant."""
+    """``eip-calibrate <framework>`` on the trained e2ip model, once per variant (``reuse``: a
+    variant already written is kept)."""
     out = {}
     for name, flags in CALIBRATION_VARIANTS.items():
         path = workdir / f"{name}{suffix}"
@@ -736,6 +764,8 @@ def train_and_attach(framework: str, args, settings, heads, part, work: Path):
         args.reuse,
     )
     models[ATTACHED] = [attach["model"]]
+    if getattr(args, "recalibrate", False):
+        models = recalibrated(framework, models, args.data, part.MODEL_SUFFIX)
     return costs, models, attach
 
 
@@ -787,7 +817,7 @@ def run_part(framework: str, args, settings, heads, part, notes: list[str]) -> d
             args.data,
             out / "models" / "calibration_variants",
             part.MODEL_SUFFIX,
-            args.reuse,
+            args.reuse and not getattr(args, "recalibrate", False),
         )
         models.update({name: [path] for name, path in variants.items()})
     t_train = time.perf_counter() - t0

@@ -22,6 +22,7 @@ METHOD_ORDER = (
     "e2ip_recal_only",
     "e2ip_p1",
     "e2ip_ce",
+    "e2ip_unbounded",
     "mve_density",
 )
 METHOD_LABEL = {
@@ -32,10 +33,11 @@ METHOD_LABEL = {
     "eip": "eip",
     "mve": "mve",
     common.ATTACHED: "e2ip attached",
-    "e2ip_as_trained": "e2ip as trained (no density, c = 1)",
+    "e2ip_as_trained": "e2ip as trained (no density or range, c = 1)",
     "e2ip_recal_only": "e2ip recalibrated, no density",
     "e2ip_p1": "e2ip, density p = 1",
     "e2ip_ce": "e2ip, c fitted on CE",
+    "e2ip_unbounded": "e2ip, outputs unbounded",
     "mve_density": "mve × (1 + r⁴)",
 }
 # what issue 11 asks of e2ip (trained and attached) against the deep ensemble
