@@ -83,20 +83,27 @@ def _species(chunk) -> torch.Tensor:
 
 
 class _OutputRangeRecorder:
-    """Records what enters (and leaves) ``head.output_range`` while it is registered."""
+    """Counts the atoms entering ``head.output_range`` and those it clamps while registered, and
+    keeps what enters it (``values, species``) with ``keep_inputs``."""
 
-    def __init__(self, head: nn.Module):
+    def __init__(self, head: nn.Module, keep_inputs: bool = False):
         self.inputs: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        self.keep_inputs = keep_inputs
         self.clamped_atoms = 0
         self.atoms = 0
         self._handle = head.output_range.register_forward_hook(self._record)
 
     def _record(self, module, args, output) -> None:
         values = args[0].detach()
-        species = args[1].detach() if len(args) > 1 and args[1] is not None else None
-        self.inputs.append((values, species))
+        if self.keep_inputs:
+            species = args[1].detach() if len(args) > 1 and args[1] is not None else None
+            self.inputs.append((values, species))
         self.clamped_atoms += int((values != output.detach()).any(-1).sum())
         self.atoms += values.shape[0]
+
+    @property
+    def clamped_fraction(self) -> float:
+        return self.clamped_atoms / max(self.atoms, 1)
 
     def remove(self) -> None:
         self._handle.remove()
@@ -118,7 +125,7 @@ def fit_training_statistics(
     ranges = recorder = None
     if output_range:
         ranges = OutputRangeStatistics(head.output_range.num_species, len(head.output_range.names))
-        recorder = _OutputRangeRecorder(head)
+        recorder = _OutputRangeRecorder(head, keep_inputs=True)
     try:
         for chunk in chunks:
             if stats is not None:
@@ -158,19 +165,6 @@ def head_predictions(head: nn.Module, chunks: Iterable):
     kind = type(params[0])
     stacked = kind(*(torch.cat([getattr(p, f) for p in params]).double() for f in kind._fields))
     return stacked, torch.cat(ref), torch.cat(forces), torch.cat(dist)
-
-
-def bounded_fraction(head: nn.Module, chunks: Iterable) -> float:
-    """The fraction of the atoms of ``chunks`` with at least one output clamped by
-    ``head.output_range``."""
-    recorder = _OutputRangeRecorder(head)
-    try:
-        with torch.no_grad():
-            for chunk in chunks:
-                head.forward_with_distance(*chunk.head_inputs())
-    finally:
-        recorder.remove()
-    return recorder.clamped_atoms / max(recorder.atoms, 1)
 
 
 def _quality(head, params, forces_ref, forces) -> dict:
@@ -221,15 +215,21 @@ def calibrate_head(
             report["statistics"] = fitted
     scale = 1.0
     if valid_chunks:
-        params, ref, forces, dist_sq = head_predictions(head, valid_chunks)
+        # clamping acts before the scale c: this pass alone counts the bounded atoms
+        recorder = _OutputRangeRecorder(head) if settings.output_range else None
+        try:
+            params, ref, forces, dist_sq = head_predictions(head, valid_chunks)
+        finally:
+            if recorder is not None:
+                recorder.remove()
         if settings.recalibrate != "none":
             scale = fit_variance_scale(params, ref, settings.recalibrate)
             head.variance_scale.set(scale)
             params, ref, forces, dist_sq = head_predictions(head, valid_chunks)
         report["after"] = _quality(head, params, ref, forces)
         report["after"]["mean_feature_distance"] = float(torch.sqrt(dist_sq).mean())
-        if settings.output_range:
-            report["after"]["bounded_fraction"] = bounded_fraction(head, valid_chunks)
+        if recorder is not None:
+            report["after"]["bounded_fraction"] = recorder.clamped_fraction
     report["variance_scale"] = scale
     report["seconds"] = time.perf_counter() - t0
     head.train(was_training)

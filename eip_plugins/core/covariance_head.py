@@ -140,12 +140,14 @@ def tangent_outputs(s: Tensor, t: Tensor, scalars: Tensor) -> Tensor:
     return torch.cat([s.unsqueeze(-1), norm.unsqueeze(-1), scalars], dim=-1)
 
 
-def from_tangent_outputs(bounded: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """(s, t, scalars) from the bounded invariants of :func:`tangent_outputs` (N, 2 + n) and the
-    original t (N, 5): t is scaled down (along itself, so equivariance is kept) where its norm was
-    bounded, and returned as it is elsewhere."""
-    norm = torch.sqrt((t * t).sum(-1) + 1e-12)
-    bounded_norm = bounded[:, 1]
+def from_tangent_outputs(
+    bounded: Tensor, unbounded: Tensor, t: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """(s, t, scalars) from the invariants of :func:`tangent_outputs` before (``unbounded``) and
+    after (``bounded``) an output range, (N, 2 + n) each, and the original t (N, 5): t is scaled
+    down (along itself, so equivariance is kept) where its norm was bounded, and returned as it
+    is elsewhere."""
+    norm, bounded_norm = unbounded[:, 1], bounded[:, 1]
     t = torch.where((bounded_norm < norm).unsqueeze(-1), t * (bounded_norm / norm).unsqueeze(-1), t)
     return bounded[:, 0], t, bounded[:, 2:]
 

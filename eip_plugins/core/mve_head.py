@@ -63,8 +63,8 @@ class EquivariantGaussianHead(HeadBase):
         distance_sq = self.feature_distance_sq(node_feats, species)
         feats = self.head_features(node_feats, edge_index, edge_vectors)
         s, t, scalars = self.covariance.tangent(feats)
-        bounded = self.output_range(tangent_outputs(s, t, scalars), species)
-        s, t, _ = from_tangent_outputs(bounded, t)
+        invariants = tangent_outputs(s, t, scalars)
+        s, t, _ = from_tangent_outputs(self.output_range(invariants, species), invariants, t)
         cov, cov_inv, log_det = self.covariance.spd(s, t)
         params = GaussianParams(forces, cov, cov_inv, log_det)
         return scale_gaussian(params, self.variance_scale.scale), distance_sq

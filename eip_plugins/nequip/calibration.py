@@ -93,6 +93,11 @@ class UncertaintyCalibration(Callback):
         output_range: bool = True,
     ):
         super().__init__()
+        for name, value in (("density", density), ("output_range", output_range)):
+            if not isinstance(value, bool):  # bool("false") would be True
+                raise ValueError(
+                    f"UncertaintyCalibration: invalid {name}={value!r}: must be true or false"
+                )
         try:
             self.settings = CalibrationSettings(
                 density=bool(density),

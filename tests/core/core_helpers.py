@@ -73,17 +73,25 @@ def fit_random_statistics(head, num_species: int = 1, n: int = 200, seed: int = 
     head.density.load_statistics(stats.finalize())
 
 
+def output_range_inputs(head, *head_inputs) -> torch.Tensor:
+    """What enters ``head.output_range`` (its forward input, (N, K)) when ``head(*head_inputs)``
+    runs without gradients, recorded by a forward hook."""
+    seen = []
+    handle = head.output_range.register_forward_hook(lambda m, args, out: seen.append(args[0]))
+    try:
+        with torch.no_grad():
+            head(*head_inputs)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
 def fit_narrow_output_range(head, *head_inputs) -> None:
     """Give ``head`` an output range of the middle half (25th to 75th percentile) of its own
     outputs on ``head_inputs`` (the arguments of ``head(...)``), the same for every species, so
     that about half of these outputs are clamped from below and above."""
-    seen = []
-    handle = head.output_range.register_forward_hook(lambda m, args, out: seen.append(args[0]))
     head.output_range.reset()
-    with torch.no_grad():
-        head(*head_inputs)
-    handle.remove()
-    values = seen[0].double()
+    values = output_range_inputs(head, *head_inputs).double()
     lower, upper = values.quantile(0.25, dim=0), values.quantile(0.75, dim=0)
     z = head.output_range.num_species
     head.output_range.load_range(lower.expand(z, -1), upper.expand(z, -1))

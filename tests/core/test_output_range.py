@@ -5,7 +5,7 @@ import math
 
 import pytest
 import torch
-from core_helpers import make_head
+from core_helpers import make_head, output_range_inputs
 
 from eip_plugins.attach import FeatureChunk
 from eip_plugins.calibration import CalibrationSettings, calibrate_head, fit_training_statistics
@@ -35,16 +35,6 @@ def _fitted_head(kind: str, n: int = 120, seed: int = 0):
     species = torch.arange(n) % 2
     fit_training_statistics(head, _chunks(feats, species), 0.1, density=False, output_range=True)
     return head, feats, species
-
-
-def _raw_outputs(head, feats, species) -> torch.Tensor:
-    """What enters head.output_range (its forward input), recorded by a hook."""
-    seen = []
-    handle = head.output_range.register_forward_hook(lambda m, args, out: seen.append(args[0]))
-    with torch.no_grad():
-        head(feats, torch.zeros(feats.shape[0], 3, dtype=feats.dtype), species)
-    handle.remove()
-    return seen[0]
 
 
 def test_unfitted_range_is_the_identity_and_old_state_dicts_load():
@@ -112,7 +102,7 @@ def test_outputs_out_of_distribution_stay_inside_the_training_range(kind):
     g = torch.Generator().manual_seed(7)
     far = 30.0 * torch.randn(40, IRREPS.dim, generator=g, dtype=torch.float64)
     species = torch.arange(40) % 2
-    raw = _raw_outputs(head, far, species)
+    raw = output_range_inputs(head, far, torch.zeros(far.shape[0], 3, dtype=far.dtype), species)
     lower, upper = head.output_range.lower[species], head.output_range.upper[species]
     assert ((raw > upper) | (raw < lower)).any(), "the test inputs must leave the training range"
     seen = []
@@ -156,7 +146,7 @@ def test_bounded_covariance_still_rotates(kind):
     far = 20.0 * torch.randn(30, IRREPS.dim, generator=g, dtype=torch.float64)
     forces = torch.randn(30, 3, dtype=torch.float64)
     species = torch.arange(30) % 2
-    raw = _raw_outputs(head, far, species)
+    raw = output_range_inputs(head, far, torch.zeros(far.shape[0], 3, dtype=far.dtype), species)
     upper = head.output_range.upper[species]
     assert (raw[:, 1] > upper[:, 1]).any(), "the anisotropy bound must act"
     cov = head.uncertainty(head(far, forces, species)).aleatoric_cov

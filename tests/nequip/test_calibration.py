@@ -149,3 +149,6 @@ def test_callback_arguments_are_validated():
         UncertaintyCalibration(recalibrate="mae")
     with pytest.raises(ValueError, match="power"):
         UncertaintyCalibration(power=0.5)
+    for key in ("density", "output_range"):  # a string in the config is not read as a bool
+        with pytest.raises(ValueError, match=f"invalid {key}='false': must be true or false"):
+            UncertaintyCalibration(**{key: "false"})
