@@ -6,7 +6,7 @@ For each atom i and channel c, over its neighbours j (r_ij = r_j - r_i, r = |r_i
     v_ic^(l) = 1/n_avg * sum_j  R_c^(l)(r) * s_c^(l)(h_j) * Y^(l)(r_ij / r),    l = 1, 2
 
 with Y^(l) e3nn's component-normalised spherical harmonics (l = 1: sqrt(3) times the unit vector
-in x, y, z order), R a small bias-free MLP of a Bessel basis times a smooth polynomial envelope
+in x, y, z order; computed as one matrix product, :func:`~.closed_forms.harmonics_basis`), R a small bias-free MLP of a Bessel basis times a smooth polynomial envelope
 (so R is zero with its first derivatives at r_max), s a linear map of the neighbour's invariant descriptors h_j
 (:class:`~eip_plugins.core.invariants.InvariantFeatures`: its scalars and channel norms), and
 n_avg the backbone's average number of neighbours. R and s are invariant and Y^(l) rotates with
@@ -24,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ._e3nn import o3
+from .closed_forms import harmonics_basis
 from .invariants import InvariantFeatures
 
 
@@ -92,7 +93,19 @@ class GeometricFeatures(nn.Module):
             nn.Linear(2 * self.channels, 2 * self.channels, bias=False),
         )
         self.neighbour = nn.Linear(self.invariants.dim, 2 * self.channels)
-        self.harmonics = o3.SphericalHarmonics("1x1o + 1x2e", True, normalization="component")
+        # e3nn's SphericalHarmonics("1x1o + 1x2e", normalize=True, normalization="component") as
+        # one matrix product of [u, u u^T] (:func:`~.closed_forms.harmonics_basis`)
+        self.register_buffer("harmonics_basis", harmonics_basis(), persistent=False)
+
+    def __setstate__(self, state) -> None:
+        # pickled with e3nn's SphericalHarmonics module: its closed form instead
+        super().__setstate__(state)
+        self._modules.pop("harmonics", None)
+        if "harmonics_basis" not in self._buffers:
+            like = self.radial_basis.frequencies
+            self.register_buffer(
+                "harmonics_basis", harmonics_basis().to(like.device), persistent=False
+            )
 
     def forward(self, node_feats: Tensor, edge_index: Tensor, edge_vectors: Tensor) -> Tensor:
         n = node_feats.shape[0]
@@ -103,14 +116,16 @@ class GeometricFeatures(nn.Module):
         weights = self.radial(self.radial_basis(r)) * self.neighbour(
             self.invariants(node_feats)
         ).index_select(0, neighbour)  # (E, 2H)
-        sh = self.harmonics(vectors)  # (E, 3 + 5)
-        messages = torch.cat(
-            [
-                (weights[:, :h, None] * sh[:, None, :3]).reshape(-1, 3 * h),
-                (weights[:, h:, None] * sh[:, None, 3:]).reshape(-1, 5 * h),
-            ],
-            dim=-1,
-        )  # (E, 8H), e3nn layout of Hx1o + Hx2e
-        summed = torch.zeros(n, 8 * h, dtype=messages.dtype, device=messages.device)
-        summed = summed.index_add(0, centre, messages) * self.norm
-        return torch.cat([node_feats, summed], dim=-1)
+        unit = torch.nn.functional.normalize(vectors, dim=-1)
+        outer = (unit.unsqueeze(-1) * unit.unsqueeze(-2)).reshape(-1, 9)
+        sh = torch.cat([unit, outer], dim=-1) @ self.harmonics_basis.to(unit.dtype)  # (E, 3 + 5)
+        # the two degrees summed over the edges separately (no (E, 8H) concatenation), in the
+        # e3nn layout of Hx1o + Hx2e
+        zeros = torch.zeros(n, 8 * h, dtype=weights.dtype, device=weights.device)
+        vectors_sum = zeros[:, : 3 * h].index_add(
+            0, centre, (weights[:, :h, None] * sh[:, None, :3]).reshape(-1, 3 * h)
+        )
+        l2_sum = zeros[:, 3 * h :].index_add(
+            0, centre, (weights[:, h:, None] * sh[:, None, 3:]).reshape(-1, 5 * h)
+        )
+        return torch.cat([node_feats, vectors_sum * self.norm, l2_sum * self.norm], dim=-1)

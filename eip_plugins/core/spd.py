@@ -69,27 +69,26 @@ def spd_from_tangent(
     Returns:
         psi (N, 3, 3), psi_inv (N, 3, 3) = psi0^-1 exp(-S), log_det_psi (N,) = 3 log psi0 + tr S.
     """
-    eye = torch.eye(3, dtype=traceless.dtype, device=traceless.device)
-    generator = s[:, None, None] * eye + traceless
-    generator = 0.5 * (generator + generator.transpose(-1, -2))
-    psi0 = torch.exp(log_psi0)
-    n = generator.shape[0]
-    if torch.is_grad_enabled() and generator.requires_grad:
+    n = traceless.shape[0]
+    log_det = 3.0 * log_psi0 + 3.0 * s + traceless.diagonal(dim1=-2, dim2=-1).sum(-1)
+    if torch.is_grad_enabled() and (s.requires_grad or traceless.requires_grad):
         # exp(S) and exp(-S) in one batched call (half the per-call cost on small batches); its
         # gradient stays finite at degenerate spectra, where an eigendecomposition's does not
+        eye = torch.eye(3, dtype=traceless.dtype, device=traceless.device)
+        generator = s[:, None, None] * eye + traceless
+        generator = 0.5 * (generator + generator.transpose(-1, -2))
         both = torch.linalg.matrix_exp(torch.cat([generator, -generator], dim=0))
-    else:
-        # nothing differentiates Psi (inference): S = V diag(l) V^T gives exp(+-S) = V
-        # diag(exp(+-l)) V^T, one symmetric eigendecomposition instead of two Pade exponentials
-        eigenvalues, eigenvectors = torch.linalg.eigh(generator)
-        both_vectors = torch.cat([eigenvectors, eigenvectors], dim=0)  # (2N, 3, 3)
-        exponentials = torch.exp(torch.cat([eigenvalues, -eigenvalues], dim=0))  # (2N, 3)
-        both = (both_vectors * exponentials[:, None, :]) @ both_vectors.transpose(-1, -2)
-    both = _symmetrise(both)
-    psi = psi0 * both[:n]
-    psi_inv = both[n:] / psi0
-    log_det = 3.0 * log_psi0 + generator.diagonal(dim1=-2, dim2=-1).sum(-1)
-    return psi, psi_inv, log_det
+        both = _symmetrise(both)
+        psi0 = torch.exp(log_psi0)
+        return psi0 * both[:n], both[n:] / psi0, log_det
+    # nothing differentiates Psi (inference): T = V diag(l) V^T gives psi0^(+-1) exp(+-S) =
+    # V diag(exp(+-(log psi0 + s + l))) V^T, one symmetric eigendecomposition (of T's lower
+    # triangle) instead of two Pade exponentials
+    eigenvalues, eigenvectors = torch.linalg.eigh(traceless)
+    log_eigenvalues = eigenvalues + (s.unsqueeze(-1) + log_psi0)  # (N, 3) of log Psi
+    exponentials = torch.exp(torch.stack([log_eigenvalues, -log_eigenvalues]))  # (2, N, 3)
+    both = _symmetrise((eigenvectors * exponentials.unsqueeze(-2)) @ eigenvectors.transpose(-1, -2))
+    return both[0], both[1], log_det
 
 
 def _symmetrise(m: Tensor) -> Tensor:

@@ -109,6 +109,7 @@ class EvidentialMACE(nn.Module):
             r_max=float(backbone.r_max),
             avg_num_neighbors=avg_num_neighbors(backbone),
         )
+        self.head_reads_edges = self.head.geometry is not None
 
     def forward(
         self,
@@ -143,14 +144,19 @@ class EvidentialMACE(nn.Module):
         if node_feats is not None and forces is not None and not loss_step:
             num_graphs = data["ptr"].numel() - 1
             species = torch.argmax(data["node_attrs"], dim=-1)
-            if lammps_mliap:  # LAMMPS passes the edge vectors (receiver - sender) itself
-                edge_index, edge_vectors = data["edge_index"].flip(0), -data["vectors"]
-            else:
-                edge_index, edge_vectors = head_edges(
-                    data["positions"], data["edge_index"], data["shifts"]
-                )
+            edge_index: Optional[Tensor] = None
+            edge_vectors: Optional[Tensor] = None
+            if self.head_reads_edges:  # the head builds vector features from the geometry
+                if lammps_mliap:  # LAMMPS passes the edge vectors (receiver - sender) itself
+                    edge_index, edge_vectors = data["edge_index"].flip(0), -data["vectors"]
+                else:
+                    edge_index, edge_vectors = head_edges(
+                        data["positions"], data["edge_index"], data["shifts"]
+                    )
             if not training:  # MACE kept no force graph: nothing differentiates the fields
-                node_feats, edge_vectors = node_feats.detach(), edge_vectors.detach()
+                node_feats = node_feats.detach()
+                if edge_vectors is not None:
+                    edge_vectors = edge_vectors.detach()
             params, distance_sq = self.head.forward_with_distance(
                 node_feats, forces, species, edge_index, edge_vectors
             )
@@ -166,6 +172,8 @@ class EvidentialMACE(nn.Module):
         head = self._modules.get("head")
         if head is not None and "density" not in head._modules:
             head.init_density(head.irreps_in, len(self._buffers["atomic_numbers"]))
+        if head is not None and "head_reads_edges" not in self.__dict__:
+            self.head_reads_edges = getattr(head, "geometry", None) is not None
 
     def __getattr__(self, name: str):
         try:
