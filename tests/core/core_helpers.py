@@ -40,6 +40,15 @@ def radius_graph(positions: torch.Tensor, r_max: float):
     return edge_index, positions[edge_index[1]] - positions[edge_index[0]]
 
 
+def randomised(module: torch.nn.Module, seed: int = 0, std: float = 1.0) -> torch.nn.Module:
+    """``module`` in float64 with every parameter drawn from N(0, std^2) (seeded)."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.normal_(0.0, std)
+    return module.double()
+
+
 def make_head(
     kind: str,
     irreps,

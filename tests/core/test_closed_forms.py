@@ -8,7 +8,7 @@ import pickle
 
 import pytest
 import torch
-from core_helpers import make_head, radius_graph
+from core_helpers import make_head, radius_graph, randomised
 
 from eip_plugins.core import GeometricFeatures
 from eip_plugins.core._e3nn import o3
@@ -24,17 +24,9 @@ LINEAR_CASES = [
 ]
 
 
-def _randomised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.normal_(0.0, 1.0)
-    return module.double()
-
-
 @pytest.mark.parametrize(("irreps_in", "irreps_out"), LINEAR_CASES)
 def test_irrep_block_linear_equals_e3nn_linear(irreps_in, irreps_out):
-    linear = _randomised(o3.Linear(irreps_in, irreps_out))
+    linear = randomised(o3.Linear(irreps_in, irreps_out))
     x = torch.randn(7, o3.Irreps(irreps_in).dim, dtype=torch.float64)
     reference = linear(x)
     out = o3.Irreps(irreps_out)
@@ -47,7 +39,7 @@ def test_irrep_block_linear_equals_e3nn_linear(irreps_in, irreps_out):
 
 def test_irrep_block_linear_gradients_reach_the_e3nn_weight():
     """The block reads the e3nn module's parameter: its gradient is the e3nn forward's."""
-    linear = _randomised(o3.Linear("5x0e + 4x1o", "3x0e + 3x1o"))
+    linear = randomised(o3.Linear("5x0e + 4x1o", "3x0e + 3x1o"))
     x = torch.randn(6, linear.irreps_in.dim, dtype=torch.float64)
     probe = torch.randn(6, linear.irreps_out.dim, dtype=torch.float64)
     (reference,) = torch.autograd.grad((linear(x) * probe).sum(), linear.weight)
@@ -105,7 +97,7 @@ def _tangent_through_e3nn(head: EquivariantCovarianceHead, x: torch.Tensor):
 
 @pytest.mark.parametrize("irreps", ["6x0e + 4x1o + 6x0e", "5x1o + 3x2e", "4x0e + 3x1o + 2x2e"])
 def test_covariance_head_equals_its_e3nn_definition(irreps):
-    head = _randomised(EquivariantCovarianceHead(irreps, hidden=6, n_scalars=2))
+    head = randomised(EquivariantCovarianceHead(irreps, hidden=6, n_scalars=2))
     x = torch.randn(9, o3.Irreps(irreps).dim, dtype=torch.float64)
     for closed, reference in zip(head.tangent(x), _tangent_through_e3nn(head, x), strict=True):
         torch.testing.assert_close(closed, reference, rtol=1e-6, atol=1e-9)

@@ -6,7 +6,7 @@ import pickle
 
 import pytest
 import torch
-from core_helpers import ToyBackbone, make_head, radius_graph
+from core_helpers import ToyBackbone, make_head, radius_graph, randomised
 from e3nn.util import jit
 
 from eip_plugins.core import GeometricFeatures, HeadConfig, build_head
@@ -27,14 +27,6 @@ def _structure(seed: int = 3, n: int = 10):
     return 1.6 * torch.randn(n, 3, generator=g, dtype=torch.float64)
 
 
-def _randomised(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    torch.manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.normal_(0.0, 0.5)
-    return module.double()
-
-
 def _as_cartesian(out: torch.Tensor, channels: int):
     """The scalars (N, K), the 1o channels as vectors (N, H, 3) and the 2e channels as symmetric
     traceless matrices (N, H, 3, 3) of a front-end output."""
@@ -49,7 +41,9 @@ def test_front_end_output_rotates_with_its_irreps(toy_backbone):
     """Under r -> R r + t and a permutation: scalars are unchanged, every 1o channel v -> R v and
     every 2e channel, as a Cartesian matrix, T -> R T R^T (checked in Cartesian form, exact at
     float64: e3nn 0.6's Wigner matrices carry a 1e-7 error)."""
-    front = _randomised(GeometricFeatures(SCALARS, R_MAX, channels=4, avg_num_neighbors=3.0))
+    front = randomised(
+        GeometricFeatures(SCALARS, R_MAX, channels=4, avg_num_neighbors=3.0), std=0.5
+    )
     assert o3.Irreps(front.irreps_out) == o3.Irreps(f"{K}x0e + 4x1o + 4x2e")
     pos = _structure()
     out = front(_scalar_backbone(toy_backbone, pos), *radius_graph(pos, R_MAX))
@@ -69,7 +63,7 @@ def test_front_end_output_rotates_with_its_irreps(toy_backbone):
 
 
 def test_inversion_flips_the_vectors_and_keeps_the_l2_channels(toy_backbone):
-    front = _randomised(GeometricFeatures(SCALARS, R_MAX, channels=3))
+    front = randomised(GeometricFeatures(SCALARS, R_MAX, channels=3), std=0.5)
     pos = _structure(seed=8)
     out = front(_scalar_backbone(toy_backbone, pos), *radius_graph(pos, R_MAX))
     inverted = front(_scalar_backbone(toy_backbone, -pos), *radius_graph(-pos, R_MAX))
@@ -80,7 +74,7 @@ def test_inversion_flips_the_vectors_and_keeps_the_l2_channels(toy_backbone):
 def test_features_are_smooth_when_a_neighbour_crosses_the_cutoff():
     """A pair at r_max - eps contributes (almost) nothing, so dropping it at r_max + eps is
     continuous: the envelope and its first derivatives vanish at r_max."""
-    front = _randomised(GeometricFeatures("2x0e", R_MAX, channels=3))
+    front = randomised(GeometricFeatures("2x0e", R_MAX, channels=3), std=0.5)
     feats = torch.randn(2, 2, dtype=torch.float64)
     edge_index = torch.tensor([[0, 1], [1, 0]])
     for eps in (1e-2, 1e-3):
@@ -90,7 +84,7 @@ def test_features_are_smooth_when_a_neighbour_crosses_the_cutoff():
 
 
 def test_one_atom_without_neighbours_gets_zero_geometric_channels():
-    front = _randomised(GeometricFeatures(SCALARS, R_MAX, channels=2))
+    front = randomised(GeometricFeatures(SCALARS, R_MAX, channels=2), std=0.5)
     feats = torch.randn(1, K, dtype=torch.float64)
     out = front(feats, torch.zeros(2, 0, dtype=torch.long), torch.zeros(0, 3, dtype=torch.float64))
     torch.testing.assert_close(out[:, :K], feats)
