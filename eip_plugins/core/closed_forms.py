@@ -49,6 +49,9 @@ class IrrepBlockLinear(nn.Module):
         mul_out, ir = irreps_out[i_out]
         if getattr(linear, "internal_weights", True) is False:
             raise ValueError("IrrepBlockLinear reads a linear's own (internal, shared) weights")
+        bias = getattr(linear, "bias", None)
+        if bias is not None and bias.numel() > 0:
+            raise ValueError("IrrepBlockLinear has no bias term: build the o3.Linear without one")
         feature_index, weight_index, coefficient = [], [], []
         slices, offset = irreps_in.slices(), 0
         for ins in linear.instructions:

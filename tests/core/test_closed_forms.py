@@ -37,6 +37,13 @@ def test_irrep_block_linear_equals_e3nn_linear(irreps_in, irreps_out):
         torch.testing.assert_close(y.reshape(7, -1), reference[:, sl], rtol=1e-12, atol=1e-12)
 
 
+def test_irrep_block_linear_refuses_a_linear_it_cannot_reproduce():
+    with pytest.raises(ValueError, match="no bias"):
+        IrrepBlockLinear(o3.Linear("4x0e", "4x0e", biases=True), 0)
+    with pytest.raises(ValueError, match="internal"):
+        IrrepBlockLinear(o3.Linear("4x0e", "4x0e", internal_weights=False, shared_weights=False), 0)
+
+
 def test_irrep_block_linear_gradients_reach_the_e3nn_weight():
     """The block reads the e3nn module's parameter: its gradient is the e3nn forward's."""
     linear = randomised(o3.Linear("5x0e + 4x1o", "3x0e + 3x1o"))
