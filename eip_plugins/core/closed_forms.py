@@ -15,9 +15,9 @@ here compute the same numbers in 3-6 operations each:
 - :func:`harmonics_basis`: e3nn's component-normalised spherical harmonics of degree 1 and 2 of
   a unit vector u, as [u, u u^T] @ B.
 
-Every basis is read from the installed e3nn by evaluating its own modules or functions in float64
-(so both supported e3nn versions, 0.4.4 and 0.6, give their own conventions). Tested against the e3nn modules
-in ``tests/core/test_closed_forms.py``.
+Every basis is read from the installed e3nn by evaluating its own modules or functions in
+float64, so both supported e3nn versions (0.4.4 and 0.6) give their own conventions. Tested
+against the e3nn modules in ``tests/core/test_closed_forms.py``.
 """
 
 import torch

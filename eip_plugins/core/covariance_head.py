@@ -101,14 +101,8 @@ class EquivariantCovarianceHead(nn.Module):
         # pickled before the closed forms existed: build them from the e3nn modules
         super().__setstate__(state)
         if "linear_vectors" not in self._modules:
-            dtype = self.log_psi0.dtype
             self.build_closed_forms()
-            device = self.log_psi0.device
-            self.square_0e_basis = self.square_0e_basis.to(dtype=dtype, device=device)
-            self.square_2e_basis = self.square_2e_basis.to(dtype=dtype, device=device)
-            for block in (self.linear_scalars, self.linear_vectors, self.linear_l2):
-                if block is not None:
-                    block.to(device=device)
+            self.to(self.log_psi0)  # the new buffers in the head's dtype and on its device
 
     def set_psi0(self, psi0: float) -> None:
         """Set psi0 ((eV/A)^2), e.g. from the variance of the training forces."""

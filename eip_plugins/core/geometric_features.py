@@ -6,8 +6,9 @@ For each atom i and channel c, over its neighbours j (r_ij = r_j - r_i, r = |r_i
     v_ic^(l) = 1/n_avg * sum_j  R_c^(l)(r) * s_c^(l)(h_j) * Y^(l)(r_ij / r),    l = 1, 2
 
 with Y^(l) e3nn's component-normalised spherical harmonics (l = 1: sqrt(3) times the unit vector
-in x, y, z order; computed as one matrix product, :func:`~.closed_forms.harmonics_basis`), R a small bias-free MLP of a Bessel basis times a smooth polynomial envelope
-(so R is zero with its first derivatives at r_max), s a linear map of the neighbour's invariant descriptors h_j
+in x, y, z order; computed as one matrix product, :func:`~.closed_forms.harmonics_basis`), R a
+small bias-free MLP of a Bessel basis times a smooth polynomial envelope (so R is zero with its
+first derivatives at r_max), s a linear map of the neighbour's invariant descriptors h_j
 (:class:`~eip_plugins.core.invariants.InvariantFeatures`: its scalars and channel norms), and
 n_avg the backbone's average number of neighbours. R and s are invariant and Y^(l) rotates with
 its Wigner matrix, so v^(l) is exactly equivariant (and smooth in the positions: sigma stays
@@ -102,10 +103,8 @@ class GeometricFeatures(nn.Module):
         super().__setstate__(state)
         self._modules.pop("harmonics", None)
         if "harmonics_basis" not in self._buffers:
-            like = self.radial_basis.frequencies
-            self.register_buffer(
-                "harmonics_basis", harmonics_basis().to(like.device), persistent=False
-            )
+            like = self.radial_basis.frequencies  # the module's dtype and device
+            self.register_buffer("harmonics_basis", harmonics_basis().to(like), persistent=False)
 
     def forward(self, node_feats: Tensor, edge_index: Tensor, edge_vectors: Tensor) -> Tensor:
         n = node_feats.shape[0]

@@ -69,9 +69,9 @@ def spd_from_tangent(
     Returns:
         psi (N, 3, 3), psi_inv (N, 3, 3) = psi0^-1 exp(-S), log_det_psi (N,) = 3 log psi0 + tr S.
     """
-    n = traceless.shape[0]
     log_det = 3.0 * log_psi0 + 3.0 * s + traceless.diagonal(dim1=-2, dim2=-1).sum(-1)
     if torch.is_grad_enabled() and (s.requires_grad or traceless.requires_grad):
+        n = traceless.shape[0]
         # exp(S) and exp(-S) in one batched call (half the per-call cost on small batches); its
         # gradient stays finite at degenerate spectra, where an eigendecomposition's does not
         eye = torch.eye(3, dtype=traceless.dtype, device=traceless.device)
