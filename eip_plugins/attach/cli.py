@@ -86,8 +86,8 @@ def add_energy_key_argument(p: argparse.ArgumentParser) -> None:
 
 
 def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
-    """``--no_density``, ``--density_strength``, ``--density_power``, ``--no_output_range``,
-    ``--recalibrate`` (shared with ``eip-calibrate``)."""
+    """``--no_density``, ``--density_strength``, ``--density_power``, ``--density_neighbours``,
+    ``--no_output_range``, ``--recalibrate`` (shared with ``eip-calibrate``)."""
     p.add_argument(
         "--no_density",
         action="store_true",
@@ -106,6 +106,15 @@ def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         default=DEFAULT_POWER,
         help="p of the evidence factor 1 / (1 + a r^(2p))",
+    )
+    p.add_argument(
+        "--density_neighbours",
+        type=int,
+        default=0,
+        metavar="M",
+        help="also measure the distance to the nearest training atoms of the element (a "
+        "random sample of up to M per element is stored in the model; r^2 is then the mean of "
+        "the Gaussian and the neighbour distance); 0: the Gaussian distance only",
     )
     p.add_argument(
         "--no_output_range",
@@ -128,6 +137,7 @@ def calibration_settings(args) -> CalibrationSettings:
         power=args.density_power,
         recalibrate=args.recalibrate,
         output_range=not args.no_output_range,
+        neighbours=args.density_neighbours,
     )
 
 

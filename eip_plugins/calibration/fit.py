@@ -32,6 +32,7 @@ from ..core.feature_density import (
     FeatureStatistics,
 )
 from ..core.metrics import calibration, force_error, roc_auc, spearman
+from ..core.neighbour_distance import NeighbourSample, fit_neighbours
 from ..core.output_range import OutputRangeStatistics
 from ..core.predictive import predictive_distribution
 from ..core.recalibration import OBJECTIVES, fit_variance_scale
@@ -54,6 +55,9 @@ class CalibrationSettings:
         shrinkage: minimum shrinkage of the covariances toward their diagonal, in [0, 1].
         output_range: fit the range of the head's learned outputs over the training atoms and
             clamp them to it (bounded extrapolation); ``False`` lets them extrapolate.
+        neighbours: keep up to this many training atoms per element (a uniform random sample)
+            and add their soft nearest-neighbour distance to the Gaussian one
+            (:mod:`eip_plugins.core.neighbour_distance`); 0 (default): the Gaussian distance only.
     """
 
     density: bool = True
@@ -62,6 +66,7 @@ class CalibrationSettings:
     recalibrate: str = "nll"
     shrinkage: float = DEFAULT_SHRINKAGE
     output_range: bool = True
+    neighbours: int = 0
 
     def __post_init__(self) -> None:
         if self.recalibrate not in RECALIBRATION_CHOICES:
@@ -74,6 +79,13 @@ class CalibrationSettings:
             raise ValueError(f"invalid density strength={self.strength!r}: must be >= 0")
         if not self.power >= 1.0:
             raise ValueError(f"invalid density power={self.power!r}: must be >= 1")
+        if self.neighbours != 0 and not self.neighbours >= 2:
+            raise ValueError(
+                f"invalid density neighbours={self.neighbours!r}: 0 (off) or the training atoms "
+                "kept per element, >= 2"
+            )
+        if self.neighbours and not self.density:
+            raise ValueError("density neighbours need the feature statistics (density on)")
 
 
 def _species(chunk) -> torch.Tensor:
@@ -111,10 +123,16 @@ class _OutputRangeRecorder:
 
 @torch.no_grad()
 def fit_training_statistics(
-    head: nn.Module, chunks: Iterable, shrinkage: float, density: bool, output_range: bool
+    head: nn.Module,
+    chunks: Iterable,
+    shrinkage: float,
+    density: bool,
+    output_range: bool,
+    neighbours: int = 0,
 ) -> dict:
     """One pass over the training ``chunks``: the per-species statistics of ``head``'s
-    descriptors (``density``) and the per-species range of its learned outputs
+    descriptors (``density``), with ``neighbours`` > 0 a sample of up to that many descriptors
+    per species for the neighbour distance, and the per-species range of its learned outputs
     (``output_range``), stored in the head.
 
     Returns ``{"atoms_per_species": [...], "dim": D, "seconds": ...}`` (the statistics) and/or
@@ -122,6 +140,9 @@ def fit_training_statistics(
     """
     t0 = time.perf_counter()
     stats = FeatureStatistics(head.density.num_species, head.density.dim) if density else None
+    sample = None
+    if density and neighbours:
+        sample = NeighbourSample(head.density.num_species, head.density.dim, neighbours)
     ranges = recorder = None
     if output_range:
         ranges = OutputRangeStatistics(head.output_range.num_species, len(head.output_range.names))
@@ -129,7 +150,10 @@ def fit_training_statistics(
     try:
         for chunk in chunks:
             if stats is not None:
-                stats.update(head.invariants(chunk.node_feats), _species(chunk))
+                descriptors, species = head.invariants(chunk.node_feats), _species(chunk)
+                stats.update(descriptors, species)
+                if sample is not None:
+                    sample.update(descriptors, species)
             if recorder is not None:
                 head.forward_with_distance(*chunk.head_inputs())
                 for values, species in recorder.inputs:
@@ -140,8 +164,13 @@ def fit_training_statistics(
             recorder.remove()
     report: dict = {}
     if stats is not None:
-        head.density.load_statistics(stats.finalize(shrinkage=shrinkage))
+        fitted = stats.finalize(shrinkage=shrinkage)
+        head.density.load_statistics(fitted)
         report.update(atoms_per_species=stats.count.long().tolist(), dim=head.density.dim)
+        if sample is not None:
+            bank = fit_neighbours(sample, fitted.mean, fitted.whitening)
+            head.density.load_neighbours(bank)
+            report["neighbours_per_species"] = bank.count.long().tolist()
     if ranges is not None:
         head.output_range.load_range(*ranges.finalize())
         report["output_range"] = {"atoms": int(ranges.count.sum())}
@@ -207,7 +236,12 @@ def calibrate_head(
         report["before"] = _quality(head, params, ref, forces)
     if settings.density or settings.output_range:
         fitted = fit_training_statistics(
-            head, train_chunks, settings.shrinkage, settings.density, settings.output_range
+            head,
+            train_chunks,
+            settings.shrinkage,
+            settings.density,
+            settings.output_range,
+            settings.neighbours,
         )
         if "output_range" in fitted:
             report["output_range"] = fitted.pop("output_range")

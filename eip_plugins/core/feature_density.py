@@ -22,6 +22,15 @@ density-aware evidence).
   first derivatives grows when it extrapolates) is what the benchmark measured to follow the
   error out of distribution (examples/benchmark/README.md).
 
+With a neighbour bank (:mod:`.neighbour_distance`, fitted with ``neighbours > 0``) the
+distance is the mean of the two normalised squared distances,
+
+      r_i^2 = (1 - w) r_Gauss,i^2 + w s_i^2,    w = ``neighbour_weight`` = 1/2,
+
+where s_i is the (soft) distance to the nearest stored training atoms of the element: the
+Gaussian term keeps the growth along directions the training atoms never varied in, the
+neighbour term sees gaps between an element's clusters of environments.
+
 Without fitted statistics every buffer is zero, r^2 = 0 and g is exactly 1: a model whose
 statistics were never fitted behaves exactly as one without this module.
 """
@@ -33,10 +42,14 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .neighbour_distance import FittedNeighbours, neighbour_distance_sq
+
 DEFAULT_SHRINKAGE = 0.1
 DEFAULT_JITTER = 1e-6
 DEFAULT_STRENGTH = 1.0
 DEFAULT_POWER = 2.0
+#: the weight of the neighbour distance in r^2 when a neighbour bank is fitted
+NEIGHBOUR_WEIGHT = 0.5
 #: r^2 beyond this counts as this (r = 10^6)
 MAX_DISTANCE_SQ = 1.0e12
 #: the epistemic variance grows by this factor at most (sigma_epistemic by 10^6)
@@ -169,7 +182,10 @@ class FeatureDensity(nn.Module):
 
     Buffers: ``mean`` (Z, D), ``whitening`` (Z, D, D), ``count`` (Z,); ``strength`` () = a and
     ``power`` () = p of the evidence factor 1 / (1 + a r^(2p)) (a = 0 switches the density-aware
-    evidence off while the distance is still reported).
+    evidence off while the distance is still reported); the neighbour bank ``bank`` (B, D),
+    ``bank_species`` (B,), ``bank_temperature`` (Z,), ``bank_scale`` (Z,) and
+    ``neighbour_weight`` () (B = 0 and w = 0 until :meth:`load_neighbours`: the Gaussian
+    distance alone).
 
     Forward:
         features (N, D), species (N,) int64 -> r^2 (N,), dimensionless, mean 1 over the training
@@ -185,6 +201,18 @@ class FeatureDensity(nn.Module):
         self.register_buffer("count", torch.zeros(num_species))
         self.register_buffer("strength", torch.full((), DEFAULT_STRENGTH))
         self.register_buffer("power", torch.full((), DEFAULT_POWER))
+        self.register_empty_bank()
+
+    def register_empty_bank(self) -> None:
+        """(Re)register the neighbour buffers, empty (B = 0, w = 0), in the dtype of ``mean``."""
+        like = self._buffers["mean"]
+        z, d = self.num_species, self.dim
+        self.register_buffer("bank", torch.zeros(0, d, dtype=like.dtype, device=like.device))
+        self.register_buffer("bank_species", torch.zeros(0, dtype=torch.long, device=like.device))
+        options = {"dtype": like.dtype, "device": like.device}
+        self.register_buffer("bank_temperature", torch.zeros(z, **options))
+        self.register_buffer("bank_scale", torch.zeros(z, **options))
+        self.register_buffer("neighbour_weight", torch.zeros((), **options))
 
     def forward(self, features: Tensor, species: Tensor) -> Tensor:
         species = species.reshape(-1)
@@ -196,8 +224,25 @@ class FeatureDensity(nn.Module):
         projected = (diff @ whitening.reshape(-1, self.dim).transpose(0, 1)).reshape(
             n, self.num_species, self.dim
         )
-        own = projected.gather(1, species.reshape(n, 1, 1).expand(n, 1, self.dim))
-        return (own * own).sum(-1).reshape(n)
+        own = projected.gather(1, species.reshape(n, 1, 1).expand(n, 1, self.dim)).reshape(
+            n, self.dim
+        )
+        gaussian = (own * own).sum(-1)
+        if self.bank.shape[0] == 0:
+            return gaussian
+        neighbours = neighbour_distance_sq(
+            own,
+            species,
+            self.bank.to(features.dtype),
+            self.bank_species,
+            self.bank_temperature.to(features.dtype),
+            self.bank_scale.to(features.dtype),
+        )
+        # elements without stored atoms keep the Gaussian distance alone
+        weight = self.neighbour_weight.to(features.dtype) * (self.bank_temperature[species] > 0).to(
+            features.dtype
+        )
+        return (1.0 - weight) * gaussian + weight * neighbours
 
     def evidence_factor(self, distance_sq: Tensor) -> Tensor:
         """1 / (1 + a r^(2p)), (N,): 1 at the training atoms' centre (and without statistics),
@@ -227,11 +272,39 @@ class FeatureDensity(nn.Module):
             buffer = getattr(self, name)
             buffer.copy_(getattr(stats, name).to(buffer.dtype))
 
+    @property
+    def has_neighbours(self) -> bool:
+        return self.bank.shape[0] > 0
+
+    @torch.no_grad()
+    def load_neighbours(self, fitted: FittedNeighbours, weight: float = NEIGHBOUR_WEIGHT) -> None:
+        """Store a fitted neighbour bank (whitened with this density's current statistics) and
+        the weight w of its distance in r^2."""
+        if fitted.bank.dim() != 2 or fitted.bank.shape[1] != self.dim:
+            raise ValueError(
+                f"a neighbour bank of shape {tuple(fitted.bank.shape)} for descriptors of "
+                f"dimension {self.dim}"
+            )
+        if tuple(fitted.temperature.shape) != (self.num_species,):
+            raise ValueError(
+                f"a neighbour bank of {fitted.temperature.shape[0]} species for a density of "
+                f"{self.num_species}"
+            )
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"invalid neighbour weight={weight!r}: must lie in [0, 1]")
+        like = self.mean
+        self.bank = fitted.bank.to(dtype=like.dtype, device=like.device).clone()
+        self.bank_species = fitted.species.to(device=like.device).clone()
+        self.bank_temperature.copy_(fitted.temperature.to(like.dtype))
+        self.bank_scale.copy_(fitted.scale.to(like.dtype))
+        self.neighbour_weight.fill_(float(weight) if fitted.bank.shape[0] else 0.0)
+
     @torch.no_grad()
     def reset(self) -> None:
-        """Forget the statistics: d^2 = 0 for every atom again."""
+        """Forget the statistics and the neighbour bank: d^2 = 0 for every atom again."""
         for name in ("mean", "whitening", "count"):
             getattr(self, name).zero_()
+        self.register_empty_bank()
 
     @torch.no_grad()
     def set_evidence_form(self, strength: float, power: float) -> None:
@@ -254,12 +327,19 @@ class FeatureDensity(nn.Module):
             if name not in self._buffers:
                 like = self._buffers["count"]
                 self.register_buffer(name, torch.full((), value, dtype=like.dtype))
+        if "bank" not in self._buffers:  # pickled before the neighbour distance existed
+            self.register_empty_bank()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # a model saved before the density (or one of its buffers) existed: the defaults
         # (no statistics, a = 1, p = 2)
         defaults = {"strength": DEFAULT_STRENGTH, "power": DEFAULT_POWER}
+        for name in ("bank", "bank_species"):  # B is the saved model's (0 if saved without)
+            saved = state_dict.get(prefix + name)
+            like = self._buffers[name]
+            shape = tuple(saved.shape) if saved is not None else (0, *like.shape[1:])
+            if tuple(like.shape) != shape:
+                self._buffers[name] = torch.zeros(shape, dtype=like.dtype, device=like.device)
         for name, buffer in self._buffers.items():
-            value = torch.full_like(buffer, defaults.get(name, 0.0))
-            state_dict.setdefault(prefix + name, value)
+            state_dict.setdefault(prefix + name, torch.full_like(buffer, defaults.get(name, 0.0)))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)

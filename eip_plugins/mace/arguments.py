@@ -144,6 +144,14 @@ def add_head_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         help="p of the evidence factor 1 / (1 + a r^(2p)) (1: epistemic variance linear in r^2)",
     )
     group.add_argument(
+        "--eip_density_neighbours",
+        type=int,
+        default=0,
+        help="after training, also store a random sample of up to this many training atoms per "
+        "element and add the distance to the nearest of them to the feature distance (0: the "
+        "Gaussian distance only)",
+    )
+    group.add_argument(
         "--eip_output_range",
         type=_str2bool,
         default=True,
@@ -172,8 +180,8 @@ def _str2bool(value: str) -> bool:
 
 def calibration_settings_from_args(args) -> CalibrationSettings:
     """What is fitted at the end of a ``--head`` run (``--eip_density_statistics``,
-    ``--eip_density_strength``, ``--eip_density_power``, ``--eip_output_range``,
-    ``--eip_recalibrate``); raises
+    ``--eip_density_strength``, ``--eip_density_power``, ``--eip_density_neighbours``,
+    ``--eip_output_range``, ``--eip_recalibrate``); raises
     :class:`HeadArgumentError` naming the flag."""
     try:
         return CalibrationSettings(
@@ -182,9 +190,17 @@ def calibration_settings_from_args(args) -> CalibrationSettings:
             power=float(getattr(args, "eip_density_power", DEFAULT_POWER)),
             recalibrate=getattr(args, "eip_recalibrate", "nll"),
             output_range=bool(getattr(args, "eip_output_range", True)),
+            neighbours=int(getattr(args, "eip_density_neighbours", 0)),
         )
     except ValueError as err:
-        flag = "--eip_density_power" if "power" in str(err) else "--eip_density_strength"
+        text = str(err)
+        flag = "--eip_density_strength"
+        for word, name in (
+            ("power", "--eip_density_power"),
+            ("neighbours", "--eip_density_neighbours"),
+        ):
+            if word in text:
+                flag = name
         raise HeadArgumentError(f"{flag}: {err}") from None
 
 

@@ -60,6 +60,12 @@ def store_head_buffers(state_dict: dict, buffers: dict[str, torch.Tensor]) -> No
         state_dict[key] = value.to(dtype)
 
 
+def _whole_number(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"invalid {name}={value!r}: must be a whole number")
+    return value
+
+
 class UncertaintyCalibration(Callback):
     """Fit feature statistics, output range and recalibration into the checkpoints at the end of
     training.
@@ -73,6 +79,9 @@ class UncertaintyCalibration(Callback):
         shrinkage: minimum covariance shrinkage toward the diagonal.
         output_range: clamp the head's learned outputs to their range over the training atoms
             (``False``: the head extrapolates them out of distribution).
+        neighbours: also store a random sample of up to this many training atoms per type and
+            add the distance to the nearest of them to the feature distance (0: the Gaussian
+            distance only).
 
     Usage (``trainer.callbacks`` of the config)::
 
@@ -81,6 +90,7 @@ class UncertaintyCalibration(Callback):
           power: 2.0            # evidence factor 1 / (1 + strength * r^(2 power))
           recalibrate: nll      # nll | ce | none
           output_range: true    # learned outputs bounded by their training range
+          neighbours: 0         # > 0: plus the distance to the nearest training atoms
     """
 
     def __init__(
@@ -91,6 +101,7 @@ class UncertaintyCalibration(Callback):
         recalibrate: str = "nll",
         shrinkage: float = DEFAULT_SHRINKAGE,
         output_range: bool = True,
+        neighbours: int = 0,
     ):
         super().__init__()
         for name, value in (("density", density), ("output_range", output_range)):
@@ -106,6 +117,7 @@ class UncertaintyCalibration(Callback):
                 recalibrate=recalibrate,
                 shrinkage=float(shrinkage),
                 output_range=bool(output_range),
+                neighbours=_whole_number("neighbours", neighbours),
             )
         except ValueError as err:
             raise ValueError(f"UncertaintyCalibration: {err}") from None

@@ -172,3 +172,23 @@ def test_model_pickled_before_the_density_existed_still_loads(e2ip_run, data, tm
     ref = collect_predictions(MACEUQCalculator(model_paths=str(ref_path)), frames)
     for key in ("forces", "sigma", keys.E2IP_KAPPA, keys.E2IP_PSI):
         np.testing.assert_array_equal(old[key], ref[key])
+
+
+def test_eip_calibrate_with_neighbours(e2ip_run, data, tmp_path):
+    out = tmp_path / "neighbours.model"
+    _calibrate(
+        tmp_path,
+        "--model", e2ip_run["model"], "--train_file", data["train"],
+        "--valid_file", data["valid"], "--output", out, "--density_neighbours", "50",
+    )  # fmt: skip
+    density = _load(out).head.density
+    assert density.has_neighbours and float(density.neighbour_weight) == 0.5
+    assert torch.bincount(density.bank_species).tolist() == [50] * len(density.bank_temperature)
+    frames = ase.io.read(data["test_1200K"], ":3")
+    r_near = _distances(out, frames)  # TorchScript head
+    eager = MACEUQCalculator(model_paths=str(out), default_dtype="float64", torchscript_head=False)
+    r_eager = np.concatenate(
+        [eager.get_property(keys.FORCES_FEATURE_DISTANCE, a.copy()) for a in frames]
+    )
+    np.testing.assert_allclose(r_near, r_eager, rtol=1e-10)
+    assert not np.allclose(r_near, _distances(e2ip_run["model"], frames))

@@ -149,6 +149,35 @@ def test_callback_arguments_are_validated():
         UncertaintyCalibration(recalibrate="mae")
     with pytest.raises(ValueError, match="power"):
         UncertaintyCalibration(power=0.5)
+    for value in (1, "64", 2.5):
+        with pytest.raises(ValueError, match="UncertaintyCalibration: invalid .*neighbours"):
+            UncertaintyCalibration(neighbours=value)
     for key in ("density", "output_range"):  # a string in the config is not read as a bool
         with pytest.raises(ValueError, match=f"invalid {key}='false': must be true or false"):
             UncertaintyCalibration(**{key: "false"})
+
+
+def test_eip_calibrate_with_neighbours_stores_a_bank_the_checkpoint_loads(runs, tmp_path):
+    best = runs.trained("e2ip") / "best.ckpt"
+    common = ["--model", best, "--train_file", DATA / "ethanol_train.xyz"]
+    plain, near = tmp_path / "gaussian.ckpt", tmp_path / "neighbours.ckpt"
+    _calibrate(tmp_path, *common, "--output", plain)
+    _calibrate(tmp_path, *common, "--output", near, "--density_neighbours", "64")
+    state = _head_state(near)
+    counts = torch.bincount(state["density.bank_species"], minlength=len(TYPES))
+    assert state["density.bank"].shape[0] == int(counts.sum()) and (counts == 64).all()
+    assert float(state["density.neighbour_weight"]) == 0.5
+    assert "density.bank" in _head_state(plain) and _head_state(plain)["density.bank"].numel() == 0
+    frames = ase.io.read(DATA / "ethanol_test_1200K.xyz", ":3")
+    # the checkpoint builds a model without a bank and loads B = 3 x 64 stored atoms into it
+    calc, calc_eager = (
+        NequIPUQCalculator.from_saved_model(near, torchscript_head=ts) for ts in (True, False)
+    )
+    r_near, r_eager = _distances(calc, frames), _distances(calc_eager, frames)
+    np.testing.assert_allclose(r_near, r_eager, rtol=1e-5)
+    r_plain = _distances(NequIPUQCalculator.from_saved_model(plain), frames)
+    assert np.isfinite(r_near).all() and not np.allclose(r_near, r_plain)
+    proc = _calibrate(tmp_path, *common, "--output", tmp_path / "x.ckpt",
+                      "--density_neighbours", "1", check=False)  # fmt: skip
+    last = proc.stdout.strip().splitlines()[-1]
+    assert proc.returncode == 2 and "neighbours=1" in last, last

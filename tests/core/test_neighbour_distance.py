@@ -1,0 +1,224 @@
+"""The neighbour distance (core.neighbour_distance): the soft distance of an atom's descriptors to
+the nearest stored training atoms of its element, added to the Gaussian distance.
+
+Checked against an independent NumPy computation, through the calibration's pass over the
+training set, for smooth gradients, rotation invariance, and through every way a head is saved
+(state dict into a fresh head, an old state dict, pickle, TorchScript).
+"""
+
+import io
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from core_helpers import make_head
+
+from eip_plugins.attach import FeatureChunk
+from eip_plugins.calibration import CalibrationSettings, calibrate_head
+from eip_plugins.core import FeatureStatistics
+from eip_plugins.core._e3nn import o3
+from eip_plugins.core.neighbour_distance import (
+    DEFAULT_TEMPERATURE_FACTOR,
+    NeighbourSample,
+    fit_neighbours,
+)
+
+IRREPS = o3.Irreps("5x0e + 2x1o")
+
+
+def _training_set(n: int = 150, seed: int = 0):
+    """Features of two species in two clusters each (a gap between them) and species ids."""
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.randn(n, IRREPS.dim, generator=g, dtype=torch.float64)
+    feats[: n // 2, :5] += 4.0  # two clusters of environments along the scalars
+    species = torch.arange(n) % 2
+    return feats, species
+
+
+def _fit(head, feats, species, max_per_species: int = 1000):
+    """Gaussian statistics and the neighbour bank of ``feats`` stored in ``head``."""
+    descriptors = head.invariants(feats)
+    stats = FeatureStatistics(head.density.num_species, head.density.dim)
+    stats.update(descriptors, species)
+    fitted = stats.finalize()
+    head.density.load_statistics(fitted)
+    sample = NeighbourSample(head.density.num_species, head.density.dim, max_per_species)
+    sample.update(descriptors, species)
+    head.density.load_neighbours(fit_neighbours(sample, fitted.mean, fitted.whitening))
+    return descriptors, fitted
+
+
+def _soft_min(d2: np.ndarray, tau: float) -> np.ndarray:
+    shifted = d2.min(1, keepdims=True)
+    return np.maximum(shifted[:, 0] - tau * np.log(np.exp(-(d2 - shifted) / tau).sum(1)), 0.0)
+
+
+def test_distance_against_an_independent_computation():
+    head = make_head("e2ip", IRREPS, num_species=3).double()
+    feats, species = _training_set()
+    descriptors, fitted = _fit(head, feats, species)
+    g = torch.Generator().manual_seed(7)
+    new = torch.randn(40, IRREPS.dim, generator=g, dtype=torch.float64) * 2.0
+    new_species = torch.arange(40) % 3  # species 2: no training atoms, Gaussian distance alone
+    r2 = head.feature_distance_sq(new, new_species).numpy()
+    h_new = head.invariants(new).numpy()
+    for z in range(3):
+        mean, w = fitted.mean[z].numpy(), fitted.whitening[z].numpy()
+        own = (h_new[new_species.numpy() == z] - mean) @ w.T
+        gaussian = (own**2).sum(1)
+        if z == 2:
+            np.testing.assert_allclose(r2[new_species.numpy() == z], gaussian, rtol=1e-12)
+            continue
+        bank = (descriptors.numpy()[species.numpy() == z] - mean) @ w.T
+        within = ((bank[:, None] - bank[None]) ** 2).sum(-1)
+        np.fill_diagonal(within, np.inf)
+        tau = DEFAULT_TEMPERATURE_FACTOR * within.min(1).mean()
+        scale = _soft_min(within, tau).mean()  # each training atom left out of its own sum
+        d2 = ((own[:, None] - bank[None]) ** 2).sum(-1)
+        expected = 0.5 * gaussian + 0.5 * _soft_min(d2, tau) / scale
+        np.testing.assert_allclose(r2[new_species.numpy() == z], expected, rtol=1e-9)
+        assert float(head.density.bank_temperature[z]) == pytest.approx(tau, rel=1e-12)
+
+
+def test_an_atom_in_the_gap_between_clusters_is_far_only_for_the_neighbour_distance():
+    irreps = o3.Irreps("2x0e + 1x1o")  # 3 descriptors: 200 atoms per species sample them densely
+    head = make_head("e2ip", irreps, num_species=2).double()
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(400, irreps.dim, generator=g, dtype=torch.float64)
+    feats[:200, :2] += 8.0  # two clusters of environments
+    species = torch.arange(400) % 2
+    _fit(head, feats, species)
+    gap = feats[:20].clone()
+    gap[:, :2] -= 4.0  # cluster atoms moved halfway to the other cluster, at the Gaussian's centre
+    z = species[:20]
+    head.density.neighbour_weight.fill_(1.0)
+    neighbours = head.feature_distance_sq(gap, z)
+    head.density.neighbour_weight.zero_()
+    gaussian = head.feature_distance_sq(gap, z)
+    assert gaussian.mean() < 1.0  # closer than a typical training atom, for the Gaussian
+    assert neighbours.mean() > 5.0  # far from every training atom
+
+
+def test_reservoir_sample_is_bounded_and_uniform():
+    small = NeighbourSample(2, 3, max_per_species=50)
+    x = torch.arange(30, dtype=torch.float64)[:, None].expand(30, 3)
+    small.update(x, torch.zeros(30, dtype=torch.long))
+    torch.testing.assert_close(small.kept[0], x)  # fewer than M: every atom, in order
+    assert small.kept[1].shape == (0, 3)
+    kept_first_half = []
+    for seed in range(200):
+        sample = NeighbourSample(1, 1, max_per_species=20, seed=seed)
+        for batch in torch.arange(400, dtype=torch.float64).split(37):
+            sample.update(batch[:, None], torch.zeros(batch.shape[0], dtype=torch.long))
+        kept = sample.kept[0][:, 0]
+        assert kept.shape == (20,) and kept.unique().numel() == 20
+        kept_first_half.append(float((kept < 200).double().mean()))
+    # uniform: half the kept atoms come from the first half of the stream (4000 draws)
+    assert abs(np.mean(kept_first_half) - 0.5) < 0.03
+    again = NeighbourSample(1, 1, max_per_species=20, seed=3)
+    for batch in torch.arange(400, dtype=torch.float64).split(37):
+        again.update(batch[:, None], torch.zeros(batch.shape[0], dtype=torch.long))
+    same = NeighbourSample(1, 1, max_per_species=20, seed=3)
+    for batch in torch.arange(400, dtype=torch.float64).split(37):
+        same.update(batch[:, None], torch.zeros(batch.shape[0], dtype=torch.long))
+    torch.testing.assert_close(again.kept[0], same.kept[0])
+    with pytest.raises(ValueError, match="at least 2 training atoms"):
+        NeighbourSample(1, 1, max_per_species=1)
+
+
+def test_gradients_are_finite_and_match_finite_differences():
+    head = make_head("e2ip", IRREPS, num_species=3).double()
+    feats, species = _training_set()
+    _fit(head, feats, species)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(6, IRREPS.dim, generator=g, dtype=torch.float64).requires_grad_()
+    z = torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.autograd.gradcheck(lambda f: head.feature_distance_sq(f, z), (x,))
+    at_a_training_atom = feats[:2].clone().requires_grad_()  # d = 0 to a stored atom
+    (grad,) = torch.autograd.grad(
+        head.feature_distance_sq(at_a_training_atom, species[:2]).sum(), at_a_training_atom
+    )
+    assert torch.isfinite(grad).all()
+
+
+def test_sigma_rotates_with_a_neighbour_bank():
+    torch.manual_seed(1)
+    head = make_head("e2ip", IRREPS, num_species=2).double().eval()
+    feats, species = _training_set()
+    _fit(head, feats, species)
+    x = torch.randn(5, IRREPS.dim, dtype=torch.float64)
+    forces = torch.randn(5, 3, dtype=torch.float64)
+    z = torch.tensor([0, 1, 1, 0, 1])
+    unc = head.uncertainty(head(x, forces, z))
+    for _ in range(10):
+        rot = o3.rand_matrix(dtype=torch.float64)
+        unc_r = head.uncertainty(head(x @ IRREPS.D_from_matrix(rot).T, forces @ rot.T, z))
+        expected = rot @ unc.epistemic_cov @ rot.T
+        assert ((unc_r.epistemic_cov - expected).abs().max() / expected.abs().max()) < 1e-7
+
+
+def test_every_save_path_keeps_the_bank():
+    head = make_head("e2ip", IRREPS, num_species=2).double().eval()
+    feats, species = _training_set()
+    _fit(head, feats, species)
+    x = torch.randn(7, IRREPS.dim, dtype=torch.float64)
+    z = torch.arange(7) % 2
+    expected = head.feature_distance_sq(x, z)
+    assert head.density.has_neighbours and head.density.bank.shape == (150, 7)
+    # a state dict into a freshly built head (how NequIP checkpoints load): B comes from the file
+    fresh = make_head("e2ip", IRREPS, num_species=2, seed=4).double().eval()
+    fresh.load_state_dict(head.state_dict(), strict=True)
+    torch.testing.assert_close(fresh.feature_distance_sq(x, z), expected, rtol=0, atol=0)
+    # a state dict saved before the bank existed: the Gaussian distance alone
+    old = {k: v for k, v in head.state_dict().items() if "bank" not in k and "neighbour" not in k}
+    fresh.load_state_dict(old, strict=True)
+    assert not fresh.density.has_neighbours
+    gaussian = fresh.feature_distance_sq(x, z)
+    assert not torch.allclose(gaussian, expected)
+    # pickle (MACE's *.model) and TorchScript
+    buffer = io.BytesIO()
+    torch.save(head, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    torch.testing.assert_close(loaded.feature_distance_sq(x, z), expected, rtol=0, atol=0)
+    unpickled = pickle.loads(pickle.dumps(head))
+    del unpickled.density._buffers["bank"]  # as pickled before the neighbour distance existed
+    unpickled.density.__setstate__(unpickled.density.__dict__)
+    torch.testing.assert_close(unpickled.feature_distance_sq(x, z), gaussian, rtol=0, atol=0)
+    scripted = torch.jit.script(head)
+    forces = torch.zeros(7, 3, dtype=torch.float64)
+    _, scripted_r2 = scripted.forward_with_distance(x, forces, z)
+    torch.testing.assert_close(scripted_r2, expected, rtol=1e-12, atol=0)
+    # float32, as a float32 model casts its buffers
+    r2_32 = head.float().feature_distance_sq(x.float(), z)
+    torch.testing.assert_close(r2_32, expected.float(), rtol=1e-4, atol=1e-5)
+    head.density.reset()
+    assert not head.density.has_neighbours and float(head.density.neighbour_weight) == 0.0
+
+
+def test_calibration_fits_the_bank_and_refuses_bad_settings():
+    head = make_head("e2ip", IRREPS, num_species=2).double()
+    feats, species = _training_set()
+    zeros = torch.zeros(feats.shape[0], 3, dtype=feats.dtype)
+    chunks = [
+        FeatureChunk(
+            feats[i : i + 16],
+            zeros[i : i + 16],
+            zeros[i : i + 16],
+            torch.zeros(feats[i : i + 16].shape[0], dtype=torch.long),
+            1,
+            species=species[i : i + 16],
+        )
+        for i in range(0, feats.shape[0], 16)
+    ]
+    report = calibrate_head(head, chunks, None, CalibrationSettings(neighbours=40))
+    assert report["statistics"]["neighbours_per_species"] == [40, 40]
+    assert head.density.bank.shape == (80, head.density.dim)
+    assert float(head.density.neighbour_weight) == 0.5
+    calibrate_head(head, chunks, None, CalibrationSettings())  # refit without: the bank goes
+    assert not head.density.has_neighbours
+    with pytest.raises(ValueError, match="neighbours=1"):
+        CalibrationSettings(neighbours=1)
+    with pytest.raises(ValueError, match="need the feature statistics"):
+        CalibrationSettings(neighbours=10, density=False)
