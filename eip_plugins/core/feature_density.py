@@ -237,11 +237,9 @@ class FeatureDensity(nn.Module):
             self.bank_species,
             self.bank_temperature.to(features.dtype),
             self.bank_scale.to(features.dtype),
+            fallback=gaussian,  # elements without stored atoms: the Gaussian distance alone
         )
-        # elements without stored atoms keep the Gaussian distance alone
-        weight = self.neighbour_weight.to(features.dtype) * (self.bank_temperature[species] > 0).to(
-            features.dtype
-        )
+        weight = self.neighbour_weight.to(features.dtype)
         return (1.0 - weight) * gaussian + weight * neighbours
 
     def evidence_factor(self, distance_sq: Tensor) -> Tensor:

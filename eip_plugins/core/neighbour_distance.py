@@ -29,6 +29,7 @@ Cost per call: N B D multiply-adds for N atoms, B stored atoms and D descriptors
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import List
 
@@ -37,8 +38,8 @@ from torch import Tensor
 
 #: tau_z as a fraction of the stored atoms' mean squared nearest-neighbour distance
 DEFAULT_TEMPERATURE_FACTOR = 0.1
-#: the exponent added for stored atoms of another element: exp(-1e6) is 0 in float32 and float64
-OTHER_ELEMENT_PENALTY = 1.0e6
+#: rows of the (M, M) distance matrix of the kept atoms computed at once while fitting
+_FIT_BLOCK_ROWS = 1024
 
 
 @dataclass
@@ -124,12 +125,13 @@ def fit_neighbours(
         if kept.shape[0] < 2:
             continue
         w = (kept - mean[z].double()) @ whitening[z].double().T  # (M, D)
-        d2 = torch.cdist(w, w).square()
-        d2.fill_diagonal_(float("inf"))  # each atom left out of its own sum
-        tau = temperature_factor * d2.min(dim=1).values.mean()
+        nearest = torch.cat([block.min(dim=1).values for block in _leave_one_out_sq(w)])
+        tau = temperature_factor * nearest.mean()
         if not tau > 0.0:
             continue  # every kept atom identical: no scale to measure distances by
-        s2 = (-tau * torch.logsumexp(-d2 / tau, dim=1)).clamp_min(0.0)
+        s2 = torch.cat(
+            [(-tau * torch.logsumexp(-block / tau, dim=1)) for block in _leave_one_out_sq(w)]
+        ).clamp_min(0.0)
         norm = s2.mean()
         if not norm > 0.0:
             continue
@@ -146,6 +148,17 @@ def fit_neighbours(
     )
 
 
+def _leave_one_out_sq(w: Tensor) -> Iterator[Tensor]:
+    """Squared distances among the rows of w (M, D), the diagonal at +inf (each atom left out of
+    its own sum), in blocks of at most ``_FIT_BLOCK_ROWS`` rows: (rows, M) each, so that the
+    fit never holds the whole (M, M) matrix."""
+    for start in range(0, w.shape[0], _FIT_BLOCK_ROWS):
+        block = torch.cdist(w[start : start + _FIT_BLOCK_ROWS], w).square()
+        rows = torch.arange(block.shape[0])
+        block[rows, rows + start] = float("inf")
+        yield block
+
+
 def neighbour_distance_sq(
     whitened: Tensor,
     species: Tensor,
@@ -153,11 +166,12 @@ def neighbour_distance_sq(
     bank_species: Tensor,
     temperature: Tensor,
     scale: Tensor,
+    fallback: Tensor,
 ) -> Tensor:
     """s_i^2 / <s^2>_z (N,) of whitened descriptors (N, D) of atoms of ``species`` (N,) against
     the stored atoms ``bank`` (B, D) of ``bank_species`` (B,); ``temperature`` and ``scale``
-    (Z,) as in :class:`FittedNeighbours`. Atoms of an element without stored atoms get 0 (the
-    caller keeps their Gaussian distance)."""
+    (Z,) as in :class:`FittedNeighbours`. Atoms of an element without stored atoms get
+    ``fallback`` (N,) (the Gaussian distance)."""
     squared = (
         (whitened * whitened).sum(-1, keepdim=True)
         - 2.0 * (whitened @ bank.transpose(0, 1))
@@ -167,7 +181,9 @@ def neighbour_distance_sq(
     has_bank = tau > 0.0
     tau = torch.where(has_bank, tau, torch.ones_like(tau))
     other = (species.unsqueeze(1) != bank_species.unsqueeze(0)).to(whitened.dtype)
-    exponent = -squared / tau.unsqueeze(1) - 1.0e6 * other  # 1e6 = OTHER_ELEMENT_PENALTY
+    # stored atoms of another element: exp(-1e6) is 0 in float32 and float64, and a finite
+    # exponent keeps the gradients finite (a literal: TorchScript reads no module-level floats)
+    exponent = -squared / tau.unsqueeze(1) - 1.0e6 * other
     soft_min = (-tau * torch.logsumexp(exponent, dim=1)).clamp_min(0.0)
     norm = torch.where(has_bank, scale[species], torch.ones_like(tau))
-    return torch.where(has_bank, soft_min / norm, torch.zeros_like(tau))
+    return torch.where(has_bank, soft_min / norm, fallback)

@@ -81,6 +81,19 @@ def test_distance_against_an_independent_computation():
         assert float(head.density.bank_temperature[z]) == pytest.approx(tau, rel=1e-12)
 
 
+def test_fit_in_row_blocks_equals_the_fit_in_one(monkeypatch):
+    import eip_plugins.core.neighbour_distance as neighbour_distance
+
+    head = make_head("e2ip", IRREPS, num_species=2).double()
+    feats, species = _training_set()
+    _fit(head, feats, species)
+    whole = {k: v.clone() for k, v in head.density.state_dict().items()}
+    monkeypatch.setattr(neighbour_distance, "_FIT_BLOCK_ROWS", 7)  # 75 atoms: 11 blocks
+    _fit(head, feats, species)
+    for name, value in head.density.state_dict().items():
+        torch.testing.assert_close(value, whole[name], rtol=1e-12, atol=1e-14, msg=name)
+
+
 def test_an_atom_in_the_gap_between_clusters_is_far_only_for_the_neighbour_distance():
     irreps = o3.Irreps("2x0e + 1x1o")  # 3 descriptors: 200 atoms per species sample them densely
     head = make_head("e2ip", irreps, num_species=2).double()
