@@ -163,13 +163,25 @@ def build_parser() -> argparse.ArgumentParser:
     )
     n.add_argument(
         "--feature_layer",
-        type=int,
+        type=_feature_layer,
         default=None,
-        help="convnet layer whose node features feed the head (default: -2, as NequIP's last "
-        "layer is scalars only; for l_max=0 models the last layer, read together with "
-        "geometric features built from the neighbour list)",
+        help="convnet layer whose node features feed the head (an index, e.g. -2), or 'all'. "
+        "Default: all (every layer's features, concatenated, as the head reads MACE's); "
+        "without 1o features the head adds geometric ones built from the neighbour list",
     )
     return p
+
+
+def _feature_layer(text: str):
+    """``--feature_layer``: a convnet layer index or ``all``."""
+    if text == "all":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"invalid value {text!r}: a convnet layer index (e.g. -2) or 'all'"
+        ) from None
 
 
 def _head_options(args) -> dict:

@@ -205,7 +205,9 @@ def backbone_config(model_config: dict, replace: bool, path) -> dict:
     return plain
 
 
-def attached_model_config(backbone: dict, config: HeadConfig, feature_layer: int | None) -> dict:
+def attached_model_config(
+    backbone: dict, config: HeadConfig, feature_layer: int | str | None
+) -> dict:
     """The :func:`EvidentialHeadOnModel` config around a plain builder config."""
     inner = {k: v for k, v in backbone.items() if k not in _TOP_LEVEL_ARGS}
     top = {k: backbone[k] for k in _TOP_LEVEL_ARGS if backbone.get(k) is not None}
@@ -219,7 +221,9 @@ def attached_model_config(backbone: dict, config: HeadConfig, feature_layer: int
         "head_options": {k: v for k, v in config.to_dict().items() if k != "kind"},
     }
     if feature_layer is not None:  # None: the builder's default layer
-        out["feature_layer"] = int(feature_layer)
+        out["feature_layer"] = (
+            feature_layer if isinstance(feature_layer, str) else int(feature_layer)
+        )
     out["backbone"] = inner
     return out
 
@@ -276,6 +280,11 @@ def _energy_network(force_model: nn.Module) -> nn.Module:
     return inner.func if hasattr(inner, "func") else inner
 
 
+def _has_convnet_layers(model: nn.Module) -> bool:
+    """Whether ``model`` has NequIP interaction layers (``ConvNetLayer``; Allegro has none)."""
+    return any(type(m).__name__ == "ConvNetLayer" for m in model.modules())
+
+
 def copy_backbone(original: nn.Module, attached: nn.Module) -> None:
     """Copy every backbone weight of ``original`` (plain or evidential GraphModel) into
     ``attached``; the tap adds no state, so the energy networks' state dicts match key for key."""
@@ -290,16 +299,17 @@ def copy_backbone(original: nn.Module, attached: nn.Module) -> None:
 
 
 def feature_layer_description(attached: nn.Module) -> str:
-    """Which layer's node features the head reads, with their irreps."""
+    """Which layers' node features the head reads, with their irreps."""
     network = _energy_network(attached.model)
     names = list(dict(network.named_children()))
-    i = names.index(_fields.HEAD_FEATURES)
-    tapped = names[i - 1]
+    taps = [n for n in names if n.startswith(_fields.HEAD_FEATURES)]
+    tapped = [names[names.index(n) - 1] for n in taps]
     tap = getattr(network, _fields.HEAD_FEATURES)
     irreps = tap.irreps_out[_fields.HEAD_FEATURES]
-    description = f"node features of '{tapped}' ({irreps})"
+    layers = ", ".join(f"'{n}'" for n in tapped)
+    description = f"node features of {layers} ({irreps})"
     if type(tap).__name__ == "EdgeFeatureTap":
-        description = f"per-atom sums of the edge latents of '{tapped}' ({irreps})"
+        description = f"per-atom sums of the edge latents of {layers} ({irreps})"
     geometry = attached.model.head.geometry
     if geometry is not None:
         h = geometry.channels
@@ -334,7 +344,7 @@ def attach_head(
     valid_file=None,
     replace: bool = False,
     forces_key: str = "REF_forces",
-    feature_layer: int | None = None,
+    feature_layer: int | str | None = None,
     head_options: dict | None = None,
     max_epochs: int = 200,
     patience: int = 50,
@@ -348,6 +358,10 @@ def attach_head(
     """Attach, train, fit the feature statistics and recalibration (``calibration``, default
     :class:`CalibrationSettings`), verify and save. Returns a before/after report on the
     validation data.
+
+    ``feature_layer``: the convnet layer whose node features the head reads, or ``"all"``; unset,
+    every layer's (``"all"``, written into the checkpoint's model config) on a NequIP model and
+    the per-atom sums of the edge latents on an Allegro one.
 
     The input checkpoint is only read. The output (a ``.ckpt``) is written to a temporary file
     beside it, reloaded and checked (energies and forces equal the input model's), then renamed
@@ -367,7 +381,6 @@ def attach_head(
     else:
         ck = load_checkpoint(model_path)
     backbone = backbone_config(ck["hyper_parameters"]["model"], replace, model_path)
-    model_config = attached_model_config(backbone, config, feature_layer)
     types = list(backbone["type_names"])
     unknown_types = [t for t in types if t not in atomic_numbers]
     if unknown_types:
@@ -380,6 +393,11 @@ def attach_head(
     valid_frames = read_labelled(valid_file, forces_key, known) if valid_file else None
 
     original = load_original(model_path)
+    from .model import ALL_LAYERS
+
+    if feature_layer is None and _has_convnet_layers(original):
+        feature_layer = ALL_LAYERS  # written into the checkpoint: the builder's default differs
+    model_config = attached_model_config(backbone, config, feature_layer)
     try:
         module, hp = build_training_module(ck, model_config)
     except ValueError as err:  # e.g. feature_layer out of range, no 1o features

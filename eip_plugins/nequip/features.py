@@ -58,11 +58,13 @@ def feature_chunks(
 
     from .head_module import EdgeFeatureTap, NodeFeatureTap
 
+    # the last tap writes the features the head reads (earlier ones, of `feature_layer: all`,
+    # hold the first layers' part)
     taps = [m for m in model.modules() if isinstance(m, (NodeFeatureTap, EdgeFeatureTap))]
     if not taps:
         raise ValueError("the model has no evidential head (no feature tap)")
     captured = {}
-    handle = taps[0].register_forward_hook(
+    handle = taps[-1].register_forward_hook(
         lambda _m, _i, out: captured.update(f=out[_fields.HEAD_FEATURES].detach())
     )
     try:

@@ -1,7 +1,8 @@
 """Graph modules that attach an evidential head to a NequIP force model.
 
-- :class:`NodeFeatureTap` copies the node features of one interaction layer to a private field
-  (keeping the autograd graph, unlike ``nequip.nn.SaveForOutput``).
+- :class:`NodeFeatureTap` copies the node features of an interaction layer to a private field
+  (keeping the autograd graph, unlike ``nequip.nn.SaveForOutput``), after the features an
+  earlier layer's tap wrote (a chain of taps: the head reads every layer's features).
 - :class:`EdgeFeatureTap` does the same for models whose features live on the edges (Allegro):
   the per-atom sum of the scalar edge latents around each atom.
 - :class:`EvidentialHeadOutput` wraps the force model (``ForceStressOutput``), runs the core head
@@ -23,20 +24,39 @@ from . import _fields
 
 
 class NodeFeatureTap(GraphModuleMixin, torch.nn.Module):
-    """Copy ``node_features`` (N, irreps.dim) to ``out_field`` without detaching it."""
+    """Copy ``node_features`` (N, irreps.dim) to ``out_field`` without detaching it; with
+    ``prefix_field``, write [data[prefix_field], node_features] (N, C + irreps.dim) there instead
+    (irreps concatenated in that order): a chain of taps, one after each interaction layer, each
+    writing its own field, gives the last one every layer's features (``feature_layer: all``).
+
+    Args:
+        out_field: the field written.
+        prefix_field: the field of an earlier tap whose (N, C) features go first; ``""``: none.
+    """
 
     out_field: str
+    prefix_field: str = ""  # modules pickled before the option tapped one layer
 
-    def __init__(self, out_field: str = _fields.HEAD_FEATURES, irreps_in=None):
+    def __init__(self, out_field: str = _fields.HEAD_FEATURES, irreps_in=None, prefix_field=""):
         super().__init__()
         self.out_field = out_field
-        self._init_irreps(
-            irreps_in=irreps_in, required_irreps_in=[AtomicDataDict.NODE_FEATURES_KEY]
-        )
-        self.irreps_out[out_field] = self.irreps_in[AtomicDataDict.NODE_FEATURES_KEY]
+        self.prefix_field = str(prefix_field or "")
+        required = [AtomicDataDict.NODE_FEATURES_KEY]
+        if self.prefix_field:
+            required.append(self.prefix_field)
+        self._init_irreps(irreps_in=irreps_in, required_irreps_in=required)
+        irreps = self.irreps_in[AtomicDataDict.NODE_FEATURES_KEY]
+        if self.prefix_field:
+            irreps = self.irreps_in[self.prefix_field] + irreps
+        self.irreps_out[out_field] = irreps
 
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
-        data[self.out_field] = data[AtomicDataDict.NODE_FEATURES_KEY]
+        if self.prefix_field != "":
+            data[self.out_field] = torch.cat(
+                [data[self.prefix_field], data[AtomicDataDict.NODE_FEATURES_KEY]], dim=-1
+            )
+        else:
+            data[self.out_field] = data[AtomicDataDict.NODE_FEATURES_KEY]
         return data
 
 
@@ -133,6 +153,7 @@ class EvidentialHeadOutput(GraphModuleMixin, torch.nn.Module):
 
     feature_field: str
     head_kind: str
+    partial_feature_fields: List[str]
 
     def __init__(
         self,
@@ -161,15 +182,26 @@ class EvidentialHeadOutput(GraphModuleMixin, torch.nn.Module):
             r_max=r_max,
             avg_num_neighbors=avg_num_neighbors,
         )
+        # the fields of the taps before the last one (`feature_layer: all`): not outputs
+        self.partial_feature_fields = [
+            f for f in func.irreps_out if f.startswith(feature_field + "_")
+        ]
         irreps_out = dict(func.irreps_out)
-        irreps_out.pop(feature_field)
+        for field in [feature_field, *self.partial_feature_fields]:
+            irreps_out.pop(field)
         irreps_out.update(_fields.output_irreps(config.kind))
         self._init_irreps(irreps_in=func.irreps_in)
         self.irreps_out = AtomicDataDict._fix_irreps_dict(irreps_out)
 
+    def __setstate__(self, state) -> None:
+        state.setdefault("partial_feature_fields", [])  # pickled before `feature_layer: all`
+        super().__setstate__(state)
+
     def forward(self, data: AtomicDataDict.Type) -> AtomicDataDict.Type:
         data = self.func(data)
         feats = data.pop(self.feature_field)
+        for field in self.partial_feature_fields:
+            data.pop(field)
         forces = data[AtomicDataDict.FORCE_KEY]
         species = data[AtomicDataDict.ATOM_TYPE_KEY].reshape(-1)
         edge_vectors = data[AtomicDataDict.EDGE_VECTORS_KEY]

@@ -26,6 +26,8 @@ from .head_module import EdgeFeatureTap, EvidentialHeadOutput, NodeFeatureTap
 
 # modules whose output is per-edge scalar latents the head sums per atom (nequip-allegro)
 EDGE_MODULES = ("Allegro_Module",)
+#: ``feature_layer`` value of a head that reads every convnet layer's node features
+ALL_LAYERS = "all"
 
 
 def _register_for_packaging() -> None:
@@ -75,7 +77,7 @@ def head_config(
 def attach_evidential_head(
     force_model: ForceStressOutput,
     config: HeadConfig,
-    feature_layer: Optional[int] = None,
+    feature_layer: Union[int, str, None] = None,
     num_types: int = 1,
     r_max: Optional[float] = None,
 ) -> EvidentialHeadOutput:
@@ -84,13 +86,16 @@ def attach_evidential_head(
     Args:
         force_model: a NequIP ``ForceStressOutput`` around a ``SequentialGraphNetwork``.
         config: the head configuration.
-        feature_layer: which ``ConvNetLayer`` to read (Python index over the convnet layers;
-            an Allegro model has none: its per-edge latents are summed around each atom,
-            :class:`EdgeFeatureTap`). ``None`` (default): ``-2`` when that layer has vector (1o) features (NequIP's last
-            layer outputs scalars only, the one before it is the last with 1o features), else
-            the last layer, whose scalars the head then combines with geometric 1o/2e features
-            it builds from the neighbour list (``l_max: 0`` models, see
-            :mod:`eip_plugins.core.geometric_features`).
+        feature_layer: which ``ConvNetLayer`` to read: a Python index over the convnet layers,
+            or ``"all"``: the node features of every layer, concatenated in layer order (as the
+            head reads MACE's; its feature distance then sees every layer's invariants). An
+            Allegro model has no convnet layer: its per-edge latents are summed around each atom
+            (:class:`EdgeFeatureTap`). ``None`` (the builders' default, kept for the models
+            saved before ``"all"`` existed): ``-2`` when that layer has vector (1o) features
+            (NequIP's last layer outputs scalars only, the one before it is the last with 1o
+            features), else the last layer. Without 1o features the head combines the scalars
+            with geometric 1o/2e features it builds from the neighbour list (``l_max: 0``
+            models, see :mod:`eip_plugins.core.geometric_features`).
         num_types: number of model types (``len(type_names)``), for the head's per-type
             feature statistics.
         r_max: the model's cutoff (A), for the geometric features.
@@ -106,12 +111,13 @@ def attach_evidential_head(
         name for name, m in energy_model.named_children() if type(m).__name__ in EDGE_MODULES
     ]
     if not layers and edge_layers:  # Allegro: per-edge latents, summed around each atom
-        if feature_layer not in (None, -1):
+        if feature_layer not in (None, -1, ALL_LAYERS):
             raise ValueError(
                 f"feature_layer={feature_layer}: an Allegro model has one feature module "
                 f"('{edge_layers[-1]}'), leave feature_layer unset"
             )
         layer = edge_layers[-1]
+        source = f"'{layer}'"
         tap = EdgeFeatureTap(
             avg_num_neighbors=avg_num_neighbors, irreps_in=getattr(energy_model, layer).irreps_out
         )
@@ -121,22 +127,21 @@ def attach_evidential_head(
                 "the model has neither NequIP's ConvNetLayer nor Allegro's module: the head "
                 "cannot find its features"
             )
-        if feature_layer is None:
-            feature_layer = _default_feature_layer(energy_model, layers)
-        try:
-            layer = layers[feature_layer]
-        except IndexError:
-            raise ValueError(
-                f"feature_layer={feature_layer} is out of range for {len(layers)} convnet "
-                f"layers (valid: -{len(layers)}..{len(layers) - 1}; leave it unset for the "
-                "default)"
-            ) from None
-        tap = NodeFeatureTap(irreps_in=getattr(energy_model, layer).irreps_out)
+        tapped = _tapped_layers(energy_model, layers, feature_layer)
+        prefix = ""  # each earlier layer's tap writes the features so far to a field of its own
+        for name in tapped[:-1]:
+            field = f"{_fields.HEAD_FEATURES}_{name}"
+            irreps_in = getattr(energy_model, name).irreps_out
+            energy_model.insert(field, NodeFeatureTap(field, irreps_in, prefix), after=name)
+            prefix = field
+        layer, source = tapped[-1], ", ".join(f"'{name}'" for name in tapped)
+        irreps_in = getattr(energy_model, layer).irreps_out
+        tap = NodeFeatureTap(_fields.HEAD_FEATURES, irreps_in, prefix)
     irreps = tap.irreps_out[_fields.HEAD_FEATURES]
     if config.geometric_features == "never" and count_irreps(irreps, 1, -1) == 0:
         raise ValueError(
             f"the evidential head with geometric_features='never' needs vector (1o) node "
-            f"features, but '{layer}' gives '{irreps}' (NequIP's last layer and Allegro's "
+            f"features, but those of {source} are '{irreps}' (NequIP's last layer and Allegro's "
             "per-atom sums are scalars only): use geometric_features: auto, or a NequIP model "
             "with num_layers >= 2 and l_max >= 1"
         )
@@ -149,6 +154,30 @@ def attach_evidential_head(
         r_max=r_max,
         avg_num_neighbors=avg_num_neighbors,
     )
+
+
+def _tapped_layers(
+    energy_model: SequentialGraphNetwork, layers, feature_layer: Union[int, str, None]
+) -> list:
+    """The names of the convnet layers (of ``layers``) whose features the head reads, in layer
+    order (see :func:`attach_evidential_head`)."""
+    if feature_layer == ALL_LAYERS:
+        return list(layers)
+    if isinstance(feature_layer, (str, bool)):
+        raise ValueError(
+            f"invalid feature_layer={feature_layer!r}: a convnet layer index, '{ALL_LAYERS}' "
+            "(every layer) or unset (the default layer)"
+        )
+    if feature_layer is None:
+        feature_layer = _default_feature_layer(energy_model, layers)
+    try:
+        return [layers[int(feature_layer)]]
+    except IndexError:
+        raise ValueError(
+            f"feature_layer={feature_layer} is out of range for {len(layers)} convnet "
+            f"layers (valid: -{len(layers)}..{len(layers) - 1} or '{ALL_LAYERS}'; leave it "
+            "unset for the default)"
+        ) from None
 
 
 def _default_feature_layer(energy_model: SequentialGraphNetwork, layers) -> int:
@@ -175,7 +204,7 @@ def EvidentialNequIPGNNModel(
     head: Union[str, Dict[str, Any]] = "e2ip",
     head_options: Optional[Dict[str, Any]] = None,
     forces_rms: Optional[float] = None,
-    feature_layer: Optional[int] = None,
+    feature_layer: Union[int, str, None] = None,
     **kwargs,
 ) -> GraphModel:
     """``nequip.model.NequIPGNNModel`` with an evidential force-uncertainty head.
@@ -185,8 +214,9 @@ def EvidentialNequIPGNNModel(
         head_options: other ``HeadConfig`` fields, e.g. ``{hidden: 32, quantile: 0.4}``.
         forces_rms: RMS of the training forces (eV/A), e.g. ``${training_data_stats:forces_rms}``;
             sets the initial psi0 = forces_rms^2 of the e2ip / mve SPD matrix.
-        feature_layer: convnet layer whose node features feed the head (default: ``-2``, or the
-            last layer for ``l_max: 0``; see :func:`attach_evidential_head`).
+        feature_layer: convnet layer whose node features feed the head, or ``"all"`` (every
+            layer's, concatenated; what ``config_with_eip`` sets). Unset: ``-2``, or the last
+            layer for ``l_max: 0`` (see :func:`attach_evidential_head`).
         **kwargs: every argument of ``NequIPGNNModel`` (``seed``, ``model_dtype``,
             ``type_names``, ``r_max``, ``num_layers``, ``l_max`` (0 too), ...).
 
@@ -205,7 +235,7 @@ def EvidentialPresetNequIPGNNModel(
     head: Union[str, Dict[str, Any]] = "e2ip",
     head_options: Optional[Dict[str, Any]] = None,
     forces_rms: Optional[float] = None,
-    feature_layer: Optional[int] = None,
+    feature_layer: Union[int, str, None] = None,
     **kwargs,
 ) -> GraphModel:
     """``nequip.model.PresetNequIPGNNModel`` (``preset: S/M/L/XL``) with an evidential head."""
@@ -271,7 +301,7 @@ def EvidentialHeadOnModel(
     per_edge_type_cutoff: Optional[Dict] = None,
     head: Union[str, Dict[str, Any]] = "e2ip",
     head_options: Optional[Dict[str, Any]] = None,
-    feature_layer: Optional[int] = None,
+    feature_layer: Union[int, str, None] = None,
 ) -> GraphModel:
     """An evidential head on the model that another builder makes.
 
@@ -285,7 +315,7 @@ def EvidentialHeadOnModel(
           r_max: 4.0
           head: e2ip
           head_options: {hidden: 32, psi0: 0.27}
-          feature_layer: -2
+          feature_layer: all
           backbone:                      # the plain model's config, minus the shared arguments
             _target_: nequip.model.NequIPGNNModel
             l_max: 1
@@ -298,8 +328,9 @@ def EvidentialHeadOnModel(
             this builder's and are passed on).
         type_names, r_max (A), per_edge_type_cutoff: as for every NequIP builder.
         head, head_options: the head (see :func:`head_config`).
-        feature_layer: convnet layer whose node features feed the head (default: see
-            :func:`attach_evidential_head`).
+        feature_layer: convnet layer whose node features feed the head, or ``"all"`` (every
+            layer's, concatenated; what ``eip-attach`` writes). Unset: see
+            :func:`attach_evidential_head`.
     """
     config = head_config(head, head_options)
     backbone = dict(backbone)

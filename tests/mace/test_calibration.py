@@ -192,3 +192,9 @@ def test_eip_calibrate_with_neighbours(e2ip_run, data, tmp_path):
     )
     np.testing.assert_allclose(r_near, r_eager, rtol=1e-10)
     assert not np.allclose(r_near, _distances(e2ip_run["model"], frames))
+    # the whole model compiled as mace_run_train writes its `_compiled.model` (e3nn's jit)
+    from e3nn.util import jit
+
+    compiled = tmp_path / "neighbours_compiled.model"
+    torch.jit.save(jit.compile(_load(out)), str(compiled))
+    np.testing.assert_allclose(_distances(compiled, frames), r_eager, rtol=1e-10)

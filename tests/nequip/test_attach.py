@@ -87,10 +87,13 @@ def test_backbone_predictions_are_bit_identical(attached):
     assert _sha(attached["plain"]) == attached["plain_sha"]  # the input file is untouched
     rep = attached["report"]
     assert rep["before"]["force_mae"] == pytest.approx(rep["after"]["force_mae"], rel=1e-12)
-    # 2 layers: the head reads the first one (the last is scalars only)
-    assert rep["features"].startswith("node features of 'layer0_convnet'")
+    # by default the head reads both layers' features (the last is scalars only), and the
+    # checkpoint says so: the builder's own default (one layer) is for models saved before
+    assert rep["features"].startswith("node features of 'layer0_convnet', 'layer1_convnet' (")
     assert "1o" in rep["features"]
-    assert "Spearman" in attached["stdout"] and "layer0_convnet" in attached["stdout"]
+    assert "Spearman" in attached["stdout"] and "layer1_convnet" in attached["stdout"]
+    model_config = torch.load(attached["model"], weights_only=False)["hyper_parameters"]["model"]
+    assert model_config["feature_layer"] == "all"
     calibration = rep["calibration"]  # the attached head is calibrated as well
     assert calibration["statistics"]["atoms_per_species"] == [600, 1800, 300]  # C, H, O
     assert calibration["variance_scale"] != 1.0

@@ -51,6 +51,7 @@ def test_unknown_chemical_species():
         ({"head_options": {"quantil": 0.3}}, r"unknown head option\(s\) \['quantil'\]"),
         ({"forces_rms": 0.0}, "forces_rms=0.0"),
         ({"feature_layer": 5}, r"feature_layer=5 is out of range for 2 convnet layers"),
+        ({"feature_layer": "last"}, r"invalid feature_layer='last': a convnet layer index, 'all'"),
         (
             {"l_max": 0, "head_options": {"geometric_features": "never"}},
             r"geometric_features='never' needs vector \(1o\) node features",
@@ -70,6 +71,17 @@ def test_out_of_range_hyperparameters(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         EvidentialNequIPGNNModel(**args)
+
+
+def test_eip_attach_refuses_a_feature_layer_that_is_neither_an_index_nor_all(capsys):
+    from eip_plugins.attach.cli import main
+
+    argv = ["nequip", "--model", "m.ckpt", "--train_file", "t.xyz", "--output", "o.ckpt"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--feature_layer", "last"])
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--feature_layer: invalid value 'last': a convnet layer index (e.g. -2) or 'all'" in last
 
 
 def test_out_of_range_loss_hyperparameters():

@@ -156,6 +156,54 @@ class TestE2IPL2Model(_Float64Only, _EvidentialHarness):
     l_max = 2
 
 
+class TestE2IPAllLayersModel(_Float64Only, _EvidentialHarness):
+    """``feature_layer: all`` (config_with_eip's default): the head reads every convnet layer's
+    node features, concatenated through a chain of taps, none of whose fields is an output."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def config(cls):
+        return {**_config("e2ip"), "feature_layer": "all"}
+
+    def test_head_reads_every_layer(self, model, model_test_data):
+        instance, _, _ = model
+        network = instance.model.func.func
+        names = [name for name, _ in network.named_children()]
+        tap = names.index("eip_head_features_layer0_convnet")
+        assert names[tap - 1 : tap + 3] == [
+            "layer0_convnet",
+            "eip_head_features_layer0_convnet",
+            "layer1_convnet",
+            "eip_head_features",
+        ]
+        layers = [network.layer0_convnet, network.layer1_convnet]
+        irreps = [str(m.irreps_out[AtomicDataDict.NODE_FEATURES_KEY]) for m in layers]
+        assert instance.model.head.irreps_in == "+".join(irreps)
+        out = instance(model_test_data)
+        assert not [k for k in out if k.startswith("eip_head_features")]
+
+    def test_unset_feature_layer_reads_one_layer(self, config):
+        """Without the key (checkpoints saved before ``all`` existed) the builder keeps its
+        old default: one layer, the one before the last when it has 1o features."""
+        legacy = {k: v for k, v in config.items() if k != "feature_layer"}
+        instance = self.make_model({**legacy, "model_dtype": "float64"}, device="cpu")
+        network = instance.model.func.func
+        names = [name for name, _ in network.named_children()]
+        assert [n for n in names if n.startswith("eip_head_features")] == ["eip_head_features"]
+        tapped = names[names.index("eip_head_features") - 1]
+        assert tapped == ("layer0_convnet" if config["l_max"] >= 1 else "layer1_convnet")
+
+
+class TestE2IPAllLayersScalarModel(TestE2IPAllLayersModel):
+    """``feature_layer: all`` on ``l_max: 0``: every layer's scalars, plus the geometric 1o/2e
+    features."""
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def config(cls):
+        return {**_config("e2ip", l_max=0), "feature_layer": "all"}
+
+
 class TestEIPScalarModel(_Float64Only, _EvidentialHarness):
     head = "eip"
     l_max = 0
