@@ -75,3 +75,32 @@ def test_backbone_variants_train_the_same_size_of_model(tmp_path):
         assert not any("model.num_features" in str(a) for a in cmd)
     with pytest.raises(SystemExit):
         nequip_part.main(["--data", str(tmp_path), "--backbone", "schnet", "--quick"])
+
+
+def test_neighbours_refits_every_runs_e2ip_and_evaluates_both(bench):
+    """``python -m examples.benchmark.neighbours``: eip-calibrate --density_neighbours of the
+    run's e2ip model, evaluated beside its default refit with the benchmark's metrics."""
+    import json
+
+    import numpy as np
+
+    from eip_plugins.nequip.attach import load_original
+    from eip_plugins.nequip.calibration import head_of
+    from examples.benchmark import neighbours
+
+    assert (
+        neighbours.main(["--framework", FRAMEWORK, "--out", str(bench["out"]), "--neighbours", "8"])
+        == 0
+    )
+    written = json.loads((bench["out"] / FRAMEWORK / "neighbours.json").read_text())
+    assert written["neighbours"] == 8 and len(written["runs"]) == len(written["metrics"]) >= 1
+    for run in written["metrics"]:
+        assert set(run) == {neighbours.DEFAULT, neighbours.NEIGHBOURS}
+        for method in run.values():
+            for key in neighbours.METRICS:
+                assert np.isfinite([method[s][key] for s in method]).all()
+    e2ip = Path(written["runs"][0])
+    banked = head_of(load_original(e2ip / "best_neighbours.ckpt")).density
+    default = head_of(load_original(e2ip / "best_recalibrated.ckpt")).density
+    assert banked.bank.shape[0] > 0 and default.bank.shape[0] == 0
+    assert "e2ip + neighbours" in (bench["out"] / FRAMEWORK / "neighbours.md").read_text()

@@ -1,0 +1,109 @@
+"""The optional neighbour distance (``--density_neighbours``) on a finished benchmark run.
+
+For every run (the first, ``seed1``, ``seed2`` ...) of one framework's benchmark output, the
+trained e2ip model is refitted by ``eip-calibrate <framework> --density_neighbours M`` (default
+settings otherwise, written beside it as ``<stem>_neighbours<suffix>``; reused when present) and
+evaluated with the benchmark's metrics next to its default refit (``<stem>_recalibrated``, which
+``--recalibrate`` writes). Nothing is retrained.
+
+    .venv-nequip/bin/python -m examples.benchmark.neighbours --framework nequip --out benchmark_out
+    .venv-mace/bin/python -m examples.benchmark.neighbours --framework mace --out benchmark_out
+
+Writes ``OUT/<framework>/neighbours.json`` (every run's metrics) and ``neighbours.md`` (mean ±
+standard deviation over the runs of ρ, CE and NLL per split; printed as well).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from examples.benchmark import common
+
+LOG = logging.getLogger("benchmark.neighbours")
+SPLITS = {"test_300K": "300 K", "test_hot": "1200 K", "test_unseen": "unseen"}
+METRICS = ("spearman", "ce", "nll")
+DEFAULT = "e2ip (default refit)"
+NEIGHBOURS = "e2ip + neighbours"
+
+
+def run_dirs(out: Path, framework: str) -> list[Path]:
+    """The e2ip model folder of every run of ``out/<framework>``, first run first."""
+    models = out / framework / "models"
+    dirs = [models / "e2ip", *sorted(p / "e2ip" for p in models.glob("seed*"))]
+    return [d for d in dirs if d.is_dir()]
+
+
+def evaluate_run(framework: str, part, workdir: Path, data: Path, neighbours: int) -> dict:
+    """Metrics (method -> split -> name) of one run's e2ip with and without stored neighbours."""
+    model = next(p for p in sorted(workdir.glob(f"*{part.MODEL_SUFFIX}")) if "_" not in p.stem)
+    default = model.with_name(f"{model.stem}_recalibrated{part.MODEL_SUFFIX}")
+    target = model.with_name(f"{model.stem}_neighbours{part.MODEL_SUFFIX}")
+    for path, flags in ((default, []), (target, [f"--density_neighbours={neighbours}"])):
+        if not path.exists():
+            log = path.with_suffix(".log")
+            LOG.info("%s: eip-calibrate %s %s -> %s", framework, model, flags, path.name)
+            common.run_head_tool("eip-calibrate", framework, model, data, path, flags, log)
+    calcs = {
+        DEFAULT: part.force_calculator(str(default), plain=False),
+        NEIGHBOURS: part.force_calculator(str(target), plain=False),
+    }
+    metrics, _ = common.evaluate_splits(data, calcs, part._predict, LOG)
+    return {m: {s: metrics[m][s] for s in SPLITS if s in metrics[m]} for m in calcs}
+
+
+def markdown(runs: list[dict]) -> str:
+    """Mean ± std over the runs of each metric, per method and split."""
+    head = "| method | " + " | ".join(f"{k} (300 K / 1200 K / unseen)" for k in METRICS) + " |"
+    lines = [head, "|" + "---|" * (len(METRICS) + 1)]
+    for method in (DEFAULT, NEIGHBOURS):
+        cells = []
+        for key in METRICS:
+            parts = []
+            for split in SPLITS:
+                values = np.array([r[method][split][key] for r in runs if split in r[method]])
+                spread = f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else ""
+                parts.append(f"{values.mean():.2f}{spread}")
+            cells.append(" / ".join(parts))
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m examples.benchmark.neighbours", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--framework", choices=("mace", "nequip"), required=True)
+    p.add_argument("--out", type=Path, default=Path("benchmark_out"), help="benchmark output")
+    p.add_argument("--neighbours", type=int, default=4096, help="stored training atoms per element")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    results = args.out / args.framework / "results.json"
+    if not results.exists():
+        p.error(f"--out: {results} not found (run the benchmark)")
+    dirs = run_dirs(args.out, args.framework)
+    if not dirs:
+        p.error(f"--out: no e2ip model under {args.out / args.framework / 'models'}")
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    data = Path(json.loads(results.read_text())["data"])
+    part = importlib.import_module(f"examples.benchmark.{args.framework}_part")
+    runs = [evaluate_run(args.framework, part, d, data, args.neighbours) for d in dirs]
+    common.write_json(
+        args.out / args.framework / "neighbours.json",
+        {"neighbours": args.neighbours, "runs": [str(d) for d in dirs], "metrics": runs},
+    )
+    text = markdown(runs)
+    (args.out / args.framework / "neighbours.md").write_text(text)
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
