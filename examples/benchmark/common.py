@@ -49,6 +49,32 @@ ROTATION_SEED = 1234
 
 
 # -- predictions -----------------------------------------------------------------------------------
+def finished_run_parser(prog: str, description: str) -> argparse.ArgumentParser:
+    """The argument parser of a tool that reads a finished benchmark run: ``--framework`` and
+    ``--out`` (check them with :func:`finished_run_results`)."""
+    p = argparse.ArgumentParser(prog=prog, description=description)
+    p.add_argument("--framework", choices=("mace", "nequip"), required=True)
+    p.add_argument("--out", type=Path, default=Path("benchmark_out"), help="benchmark output")
+    return p
+
+
+def finished_run_results(parser: argparse.ArgumentParser, args) -> Path:
+    """``OUT/<framework>/results.json`` of the parsed ``args``; the parser's one-line error when
+    the run has none."""
+    path = args.out / args.framework / "results.json"
+    if not path.exists():
+        parser.error(f"--out: {path} not found (run the benchmark)")
+    return path
+
+
+def write_tool_outputs(folder: Path, name: str, result: dict, text: str) -> None:
+    """A finished-run tool's outputs: ``folder/<name>.json`` (``result``) and ``<name>.md``
+    (``text``, printed as well)."""
+    write_json(folder / f"{name}.json", result)
+    (folder / f"{name}.md").write_text(text)
+    print(text)
+
+
 def stack_predictions(rows: list[dict]) -> dict:
     """Concatenate per-structure result dicts (numpy) into per-atom arrays plus ``batch``.
 

@@ -16,7 +16,6 @@ Writes ``OUT/<framework>/inference_scaling.json`` and ``.md``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -119,29 +118,23 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m examples.benchmark.inference_scaling", description=__doc__.split("\n")[0]
+    p = common.finished_run_parser(
+        "python -m examples.benchmark.inference_scaling", __doc__.split("\n")[0]
     )
-    p.add_argument("--framework", choices=("mace", "nequip"), required=True)
-    p.add_argument("--out", type=Path, default=Path("benchmark_out"), help="benchmark output")
     p.add_argument("--rounds", type=int, default=15, help="interleaved timing rounds")
     p.add_argument("--methods", default="e2ip,eip,mve", help="heads to time besides plain")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if not (args.out / args.framework / "results.json").exists():
-        p.error(
-            f"--out: {args.out / args.framework / 'results.json'} not found (run the benchmark)"
-        )
+    common.finished_run_results(p, args)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
 
     torch.set_num_threads(1)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     result = measure(args.framework, args.out, args.rounds, methods)
-    common.write_json(args.out / args.framework / "inference_scaling.json", result)
-    text = markdown(result)
-    (args.out / args.framework / "inference_scaling.md").write_text(text)
-    print(text)
+    common.write_tool_outputs(
+        args.out / args.framework, "inference_scaling", result, markdown(result)
+    )
     return 0
 
 

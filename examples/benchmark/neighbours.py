@@ -15,7 +15,6 @@ standard deviation over the runs of ρ, CE and NLL per split; printed as well).
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import json
 import logging
@@ -77,17 +76,13 @@ def markdown(runs: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m examples.benchmark.neighbours", description=__doc__.split("\n")[0]
+    p = common.finished_run_parser(
+        "python -m examples.benchmark.neighbours", __doc__.split("\n")[0]
     )
-    p.add_argument("--framework", choices=("mace", "nequip"), required=True)
-    p.add_argument("--out", type=Path, default=Path("benchmark_out"), help="benchmark output")
     p.add_argument("--neighbours", type=int, default=4096, help="stored training atoms per element")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    results = args.out / args.framework / "results.json"
-    if not results.exists():
-        p.error(f"--out: {results} not found (run the benchmark)")
+    results = common.finished_run_results(p, args)
     dirs = run_dirs(args.out, args.framework)
     if not dirs:
         p.error(f"--out: no e2ip model under {args.out / args.framework / 'models'}")
@@ -95,13 +90,8 @@ def main(argv=None) -> int:
     data = Path(json.loads(results.read_text())["data"])
     part = importlib.import_module(f"examples.benchmark.{args.framework}_part")
     runs = [evaluate_run(args.framework, part, d, data, args.neighbours) for d in dirs]
-    common.write_json(
-        args.out / args.framework / "neighbours.json",
-        {"neighbours": args.neighbours, "runs": [str(d) for d in dirs], "metrics": runs},
-    )
-    text = markdown(runs)
-    (args.out / args.framework / "neighbours.md").write_text(text)
-    print(text)
+    result = {"neighbours": args.neighbours, "runs": [str(d) for d in dirs], "metrics": runs}
+    common.write_tool_outputs(args.out / args.framework, "neighbours", result, markdown(runs))
     return 0
 
 
