@@ -37,6 +37,18 @@ MVE_LOG_DET_COV: Final[str] = "mve_log_det_cov"  # (N,)
 # Internal: the backbone node features the head reads (never part of the model output).
 HEAD_FEATURES: Final[str] = "eip_head_features"
 
+
+def partial_feature_field(layer: str, feature_field: str = HEAD_FEATURES) -> str:
+    """The field where the tap after convnet layer ``layer`` writes the features read so far
+    (``feature_layer: all``: every tap but the last; never part of the model output)."""
+    return f"{feature_field}_{layer}"
+
+
+def is_partial_feature_field(field: str, feature_field: str = HEAD_FEATURES) -> bool:
+    """Whether ``field`` is one of :func:`partial_feature_field`'s fields."""
+    return field.startswith(feature_field + "_")
+
+
 CARTESIAN_FORMULA: Final[str] = "ij=ji"
 
 DISTANCE_FIELDS: Final[Tuple[str, ...]] = (

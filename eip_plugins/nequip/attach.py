@@ -280,11 +280,6 @@ def _energy_network(force_model: nn.Module) -> nn.Module:
     return inner.func if hasattr(inner, "func") else inner
 
 
-def _has_convnet_layers(model: nn.Module) -> bool:
-    """Whether ``model`` has NequIP interaction layers (``ConvNetLayer``; Allegro has none)."""
-    return any(type(m).__name__ == "ConvNetLayer" for m in model.modules())
-
-
 def copy_backbone(original: nn.Module, attached: nn.Module) -> None:
     """Copy every backbone weight of ``original`` (plain or evidential GraphModel) into
     ``attached``; the tap adds no state, so the energy networks' state dicts match key for key."""
@@ -302,7 +297,7 @@ def feature_layer_description(attached: nn.Module) -> str:
     """Which layers' node features the head reads, with their irreps."""
     network = _energy_network(attached.model)
     names = list(dict(network.named_children()))
-    taps = [n for n in names if n.startswith(_fields.HEAD_FEATURES)]
+    taps = [n for n in names if n == _fields.HEAD_FEATURES or _fields.is_partial_feature_field(n)]
     tapped = [names[names.index(n) - 1] for n in taps]
     tap = getattr(network, _fields.HEAD_FEATURES)
     irreps = tap.irreps_out[_fields.HEAD_FEATURES]
@@ -393,9 +388,9 @@ def attach_head(
     valid_frames = read_labelled(valid_file, forces_key, known) if valid_file else None
 
     original = load_original(model_path)
-    from .model import ALL_LAYERS
+    from .model import ALL_LAYERS, convnet_layer_names
 
-    if feature_layer is None and _has_convnet_layers(original):
+    if feature_layer is None and convnet_layer_names(_energy_network(original.model)):
         feature_layer = ALL_LAYERS  # written into the checkpoint: the builder's default differs
     model_config = attached_model_config(backbone, config, feature_layer)
     try:

@@ -184,7 +184,7 @@ class EvidentialHeadOutput(GraphModuleMixin, torch.nn.Module):
         )
         # the fields of the taps before the last one (`feature_layer: all`): not outputs
         self.partial_feature_fields = [
-            f for f in func.irreps_out if f.startswith(feature_field + "_")
+            f for f in func.irreps_out if _fields.is_partial_feature_field(f, feature_field)
         ]
         irreps_out = dict(func.irreps_out)
         for field in [feature_field, *self.partial_feature_fields]:

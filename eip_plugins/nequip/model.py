@@ -106,7 +106,7 @@ def attach_evidential_head(
     if not isinstance(energy_model, SequentialGraphNetwork):
         raise ValueError(f"unsupported energy model {type(energy_model).__name__}")
     avg_num_neighbors = _avg_num_neighbors(energy_model)
-    layers = [name for name, m in energy_model.named_children() if isinstance(m, ConvNetLayer)]
+    layers = convnet_layer_names(energy_model)
     edge_layers = [
         name for name, m in energy_model.named_children() if type(m).__name__ in EDGE_MODULES
     ]
@@ -130,7 +130,7 @@ def attach_evidential_head(
         tapped = _tapped_layers(energy_model, layers, feature_layer)
         prefix = ""  # each earlier layer's tap writes the features so far to a field of its own
         for name in tapped[:-1]:
-            field = f"{_fields.HEAD_FEATURES}_{name}"
+            field = _fields.partial_feature_field(name)
             irreps_in = getattr(energy_model, name).irreps_out
             energy_model.insert(field, NodeFeatureTap(field, irreps_in, prefix), after=name)
             prefix = field
@@ -154,6 +154,18 @@ def attach_evidential_head(
         r_max=r_max,
         avg_num_neighbors=avg_num_neighbors,
     )
+
+
+def convnet_layer_names(energy_model: torch.nn.Module) -> list:
+    """The names of the ``ConvNetLayer`` children of ``energy_model`` (NequIP's interaction
+    layers; an Allegro model has none), in layer order. Compared by class name, like
+    :data:`EDGE_MODULES`: a model loaded from a NequIP package has the package's own copy of
+    the class."""
+    return [
+        name
+        for name, m in energy_model.named_children()
+        if type(m).__name__ == ConvNetLayer.__name__
+    ]
 
 
 def _tapped_layers(

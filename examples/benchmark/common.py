@@ -48,7 +48,7 @@ ENSEMBLE_JITTER = 1e-6  # (eV/A)^2 added to the diagonal of the committee covari
 ROTATION_SEED = 1234
 
 
-# -- predictions -----------------------------------------------------------------------------------
+# -- tools that read a finished run ----------------------------------------------------------------
 def finished_run_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The argument parser of a tool that reads a finished benchmark run: ``--framework`` and
     ``--out`` (check them with :func:`finished_run_results`)."""
@@ -75,6 +75,7 @@ def write_tool_outputs(folder: Path, name: str, result: dict, text: str) -> None
     print(text)
 
 
+# -- predictions -----------------------------------------------------------------------------------
 def stack_predictions(rows: list[dict]) -> dict:
     """Concatenate per-structure result dicts (numpy) into per-atom arrays plus ``batch``.
 

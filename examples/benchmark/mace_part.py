@@ -155,6 +155,12 @@ def epoch_times(results_dir: Path) -> list[float]:
     return [per_epoch[e] for e in sorted(per_epoch)]
 
 
+def trained_model(workdir: Path) -> Path:
+    """The model file a training in ``workdir`` writes (mace_run_train's ``--name`` is the
+    folder's name)."""
+    return workdir / f"{workdir.name}.model"
+
+
 def train_all(data: Path, work: Path, s: MaceSettings, jobs: int, reuse: bool) -> dict:
     """Train every model (``jobs`` at a time, OMP_NUM_THREADS=1 each); returns costs per job."""
     env = {
@@ -167,7 +173,7 @@ def train_all(data: Path, work: Path, s: MaceSettings, jobs: int, reuse: bool) -
         name: (
             work / name,
             train_command(name, head, seed, data, work / name, s, flags),
-            work / name / f"{name}.model",
+            trained_model(work / name),
         )
         for name, (head, seed, flags) in training_jobs(s).items()
     }

@@ -42,7 +42,7 @@ def run_dirs(out: Path, framework: str) -> list[Path]:
 
 def evaluate_run(framework: str, part, workdir: Path, data: Path, neighbours: int) -> dict:
     """Metrics (method -> split -> name) of one run's e2ip with and without stored neighbours."""
-    model = next(p for p in sorted(workdir.glob(f"*{part.MODEL_SUFFIX}")) if "_" not in p.stem)
+    model = part.trained_model(workdir)
     default = model.with_name(f"{model.stem}_recalibrated{part.MODEL_SUFFIX}")
     target = model.with_name(f"{model.stem}_neighbours{part.MODEL_SUFFIX}")
     for path, flags in ((default, []), (target, [f"--density_neighbours={neighbours}"])):

@@ -163,6 +163,11 @@ def fit_seconds(log: Path) -> float:
     return (end - start).total_seconds()
 
 
+def trained_model(workdir: Path) -> Path:
+    """The model file a training in ``workdir`` writes (nequip-train's best checkpoint)."""
+    return workdir / "best.ckpt"
+
+
 def train_all(data: Path, work: Path, s: NequipSettings, jobs: int, reuse: bool) -> dict:
     env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     e0s = fit_e0s(read_split(data, "train"))
@@ -170,7 +175,7 @@ def train_all(data: Path, work: Path, s: NequipSettings, jobs: int, reuse: bool)
         name: (
             work / name,
             train_command(head, seed, data, work / name, s, e0s, flags),
-            work / name / "best.ckpt",
+            trained_model(work / name),
         )
         for name, (head, seed, flags) in training_jobs(s).items()
     }
