@@ -5,12 +5,26 @@ from __future__ import annotations
 
 import zipfile
 from pathlib import Path
+from typing import Optional
 
 
 def error_summary(err: BaseException, limit: int = 200) -> str:
     """The first non-empty line of an exception's message, at most ``limit`` characters (torch's
     loaders put paragraphs into their messages; one line is what the user sees)."""
     return next((line for line in str(err).splitlines() if line.strip()), "")[:limit]
+
+
+def missing_file(err: BaseException) -> Optional[str]:
+    """The path of the first ``FileNotFoundError`` in ``err``'s chain of causes (``err`` itself
+    included), or ``None``: loaders that instantiate a saved configuration (Hydra) wrap the
+    error and drop its path from their own message."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, FileNotFoundError) and err.filename is not None:
+            return str(err.filename)
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def check_model_archive(path, what: str) -> Path:

@@ -25,7 +25,7 @@ import functools
 import sys
 from typing import Optional
 
-from ..model_files import check_model_archive, error_summary
+from ..model_files import check_model_archive, error_summary, missing_file
 from ..post_import import PostImportFinder
 from ..post_import import install as install_finder
 from ..switches import FULL_ERRORS_ENV, plugins_disabled, switched_on
@@ -68,6 +68,14 @@ def checked_loader(load_saved_model, target: Optional[str]):
         try:
             loaded = load_saved_model(input_path, *args, **kwargs)
         except Exception as err:  # noqa: BLE001 - any failure to load is the input's problem
+            missing = missing_file(err)
+            if missing is not None:
+                raise CompileInputError(
+                    f"{input_path} could not be loaded: it refers to {missing}, which does not "
+                    "exist (a checkpoint names its training data by the paths it was trained "
+                    "with, and --mode aotinductor reads an example structure from them: put the "
+                    "file back at that path)"
+                ) from err
             raise CompileInputError(
                 f"{input_path} could not be loaded as {WHAT} ({type(err).__name__}: "
                 f"{error_summary(err)})"
