@@ -73,8 +73,9 @@ class EquivariantEvidentialHead(HeadBase):
     ) -> Tuple[NIWParams, Tensor]:
         """The parameters and the squared feature distance d^2 (N,) they were built with."""
         node_feats, forces = self.backbone_inputs(node_feats, forces)
-        distance_sq = self.feature_distance_sq(node_feats, species)
-        feats = self.head_features(node_feats, edge_index, edge_vectors)
+        distance_sq, feats = self.distance_and_features(
+            node_feats, species, edge_index, edge_vectors
+        )
         s, t, scalars = self.covariance.tangent(feats)
         invariants = tangent_outputs(s, t, scalars)
         s, t, scalars = from_tangent_outputs(self.output_range(invariants, species), invariants, t)

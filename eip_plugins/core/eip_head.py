@@ -79,8 +79,9 @@ class ComponentwiseEvidentialHead(HeadBase):
         """The parameters and the squared feature distance d^2 (N,) they were built with."""
         node_feats, forces = self.backbone_inputs(node_feats, forces)
         check_feature_dim(node_feats, self.feature_dim)
-        distance_sq = self.feature_distance_sq(node_feats, species)
-        feats = self.head_features(node_feats, edge_index, edge_vectors)
+        distance_sq, feats = self.distance_and_features(
+            node_feats, species, edge_index, edge_vectors
+        )
         n = feats.shape[0]
         vectors = feats[:, self.vector_index].reshape(n, -1, 3).transpose(1, 2)  # (N, 3, H)
         raw = self.mlp(vectors)  # (N, 3 components, 3 outputs)

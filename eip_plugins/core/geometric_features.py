@@ -20,6 +20,7 @@ every head reads it as it reads the features of a backbone with l >= 1 features.
 """
 
 import math
+from typing import Optional
 
 import torch
 from torch import Tensor, nn
@@ -63,8 +64,9 @@ class GeometricFeatures(nn.Module):
 
     Forward:
         node_feats (N, irreps_in.dim), edge_index (2, E) int64 with row 0 the centre atom i and
-        row 1 its neighbour j, edge_vectors (E, 3) r_j - r_i (periodic images included), A ->
-        (N, irreps_out.dim) with ``irreps_out = irreps_in + Hx1o + Hx2e``.
+        row 1 its neighbour j, edge_vectors (E, 3) r_j - r_i (periodic images included), A,
+        optionally invariants (N, D) (``self.invariants(node_feats)``, when the caller has them)
+        -> (N, irreps_out.dim) with ``irreps_out = irreps_in + Hx1o + Hx2e``.
     """
 
     def __init__(
@@ -106,15 +108,23 @@ class GeometricFeatures(nn.Module):
             like = self.radial_basis.frequencies  # the module's dtype and device
             self.register_buffer("harmonics_basis", harmonics_basis().to(like), persistent=False)
 
-    def forward(self, node_feats: Tensor, edge_index: Tensor, edge_vectors: Tensor) -> Tensor:
+    def forward(
+        self,
+        node_feats: Tensor,
+        edge_index: Tensor,
+        edge_vectors: Tensor,
+        invariants: Optional[Tensor] = None,
+    ) -> Tensor:
         n = node_feats.shape[0]
+        if invariants is None:
+            invariants = self.invariants(node_feats)
         h = self.channels
         centre, neighbour = edge_index[0], edge_index[1]
         vectors = edge_vectors.to(node_feats.dtype)
         r = torch.linalg.vector_norm(vectors, dim=-1)
-        weights = self.radial(self.radial_basis(r)) * self.neighbour(
-            self.invariants(node_feats)
-        ).index_select(0, neighbour)  # (E, 2H)
+        weights = self.radial(self.radial_basis(r)) * self.neighbour(invariants).index_select(
+            0, neighbour
+        )  # (E, 2H)
         unit = torch.nn.functional.normalize(vectors, dim=-1)
         outer = (unit.unsqueeze(-1) * unit.unsqueeze(-2)).reshape(-1, 9)
         sh = torch.cat([unit, outer], dim=-1) @ self.harmonics_basis.to(unit.dtype)  # (E, 3 + 5)

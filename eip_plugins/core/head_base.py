@@ -126,12 +126,32 @@ class HeadBase(nn.Module):
             # pickled before the output range existed: nothing is clamped until it is fitted
             self.output_range = self.new_output_range(self.density.num_species)
 
+    def distance_and_features(
+        self,
+        node_feats: Tensor,
+        species: Optional[Tensor],
+        edge_index: Optional[Tensor],
+        edge_vectors: Optional[Tensor],
+    ) -> Tuple[Tensor, Tensor]:
+        """(:meth:`feature_distance_sq` (N,), :meth:`head_features` (N, head_irreps.dim)), with
+        the invariant descriptors of ``node_feats`` computed once for both."""
+        invariants = self.invariants(node_feats)
+        if species is None:
+            species = torch.zeros(node_feats.shape[0], dtype=torch.long, device=node_feats.device)
+        distance_sq = self.density(invariants, species)
+        return distance_sq, self.head_features(node_feats, edge_index, edge_vectors, invariants)
+
     def head_features(
-        self, node_feats: Tensor, edge_index: Optional[Tensor], edge_vectors: Optional[Tensor]
+        self,
+        node_feats: Tensor,
+        edge_index: Optional[Tensor],
+        edge_vectors: Optional[Tensor],
+        invariants: Optional[Tensor] = None,
     ) -> Tensor:
         """What the parameterisation reads, (N, head_irreps.dim): ``node_feats``, with the
         geometric channels appended when the head has a ``geometry`` module (it then needs
-        ``edge_index`` (2, E) [centre, neighbour] and ``edge_vectors`` (E, 3) A)."""
+        ``edge_index`` (2, E) [centre, neighbour] and ``edge_vectors`` (E, 3) A; ``invariants``
+        (N, D): the descriptors of ``node_feats`` when already computed)."""
         if self.geometry is not None:
             if edge_index is None or edge_vectors is None:
                 raise ValueError(
@@ -140,7 +160,7 @@ class HeadBase(nn.Module):
                 )
             if self.training:
                 edge_vectors = edge_vectors.detach()
-            return self.geometry(node_feats, edge_index, edge_vectors)
+            return self.geometry(node_feats, edge_index, edge_vectors, invariants)
         return node_feats
 
     def backbone_inputs(self, node_feats: Tensor, forces: Tensor) -> Tuple[Tensor, Tensor]:

@@ -182,6 +182,11 @@ class EvidentialHeadOutput(GraphModuleMixin, torch.nn.Module):
             r_max=r_max,
             avg_num_neighbors=avg_num_neighbors,
         )
+        # The core builds its constant buffers (bases, selections, path weights) in float64 and
+        # casts them at every call, so that a float32 MACE model evaluated in float64 stays exact.
+        # A NequIP model computes in its model_dtype for good: cast them once, here (identical
+        # numbers; about 40 fewer tensor operations per call on a float32 model).
+        self.head.to(dtype=next(self.head.parameters()).dtype)
         # the fields of the taps before the last one (`feature_layer: all`): not outputs
         self.partial_feature_fields = [
             f for f in func.irreps_out if _fields.is_partial_feature_field(f, feature_field)

@@ -757,11 +757,14 @@ def without_distance_term(model) -> object:
     for module in clone.modules():
         if isinstance(module, torch.jit.ScriptModule) and hasattr(module, "density"):
             raise ValueError("without_distance_term needs an eager head, not a TorchScript one")
-        if hasattr(module, "feature_distance_sq") and hasattr(module, "density"):
-            module.feature_distance_sq = types.MethodType(
-                lambda self, feats, species: feats.new_zeros(feats.shape[0]), module
-            )
+        if hasattr(module, "distance_and_features") and hasattr(module, "density"):
+            module.distance_and_features = types.MethodType(_zero_distance, module)
     return clone
+
+
+def _zero_distance(head, feats, species, edge_index, edge_vectors):
+    """``HeadBase.distance_and_features`` without the distance: r^2 = 0, the same features."""
+    return feats.new_zeros(feats.shape[0]), head.head_features(feats, edge_index, edge_vectors)
 
 
 def seed_settings(settings, k: int):

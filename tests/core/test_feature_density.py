@@ -261,3 +261,24 @@ def test_evidence_factor_is_exact_below_the_caps_and_bounded_beyond():
     torch.testing.assert_close(factor, torch.full_like(factor, 1.0 / (1.0 + MAX_EVIDENCE_DIVISOR)))
     (grad,) = torch.autograd.grad(factor.sum(), huge)
     assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("irreps", ["4x0e + 3x1o + 2x1e + 2x2e", "6x0e"])
+def test_distance_and_features_share_the_descriptors_and_give_the_separate_results(irreps):
+    """``distance_and_features`` computes the invariant descriptors once for the distance and the
+    geometric front end (scalar-only features): the same numbers as ``feature_distance_sq`` and
+    ``head_features`` (with the front end's own descriptors) one by one."""
+    from core_helpers import radius_graph
+
+    head = make_head("e2ip", irreps, num_species=2, r_max=3.0, avg_num_neighbors=4.0)
+    assert (head.geometry is not None) == (irreps == "6x0e")
+    fit_random_statistics(head, num_species=2)
+    g = torch.Generator().manual_seed(3)
+    feats = torch.randn(7, o3.Irreps(irreps).dim, generator=g, dtype=torch.float64)
+    positions = 2.0 * torch.randn(7, 3, generator=g, dtype=torch.float64)
+    edge_index, edge_vectors = radius_graph(positions, 3.0)
+    species = torch.tensor([0, 1, 1, 0, 1, 0, 0])
+    distance_sq, shared = head.distance_and_features(feats, species, edge_index, edge_vectors)
+    assert (distance_sq > 0).all()
+    torch.testing.assert_close(distance_sq, head.feature_distance_sq(feats, species))
+    torch.testing.assert_close(shared, head.head_features(feats, edge_index, edge_vectors))

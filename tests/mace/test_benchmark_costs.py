@@ -35,3 +35,27 @@ def test_epoch_ratios_of_every_run_and_their_median():
     assert training["ensemble"]["epoch_ratio_per_run"][0] == pytest.approx(2.5)
     assert report._ratio_over_runs(training["e2ip"]) == "1.20 (1.10–1.50)"
     assert report._ratio_over_runs({"epoch_ratio_to_plain": 1.234}) == "1.23"
+
+
+def test_without_distance_term_zeroes_the_distance_and_keeps_the_features():
+    """The cost comparison's second model: r = 0 (evidence factor 1), the head's features and
+    everything else as in the model it copies, which keeps its distances."""
+    import torch
+
+    from eip_plugins.core import FeatureStatistics, HeadConfig, build_head
+
+    torch.manual_seed(0)
+    head = build_head(HeadConfig(kind="e2ip", hidden=8), "4x0e + 2x1o").double()
+    feats = torch.randn(50, head.invariants.feature_dim, dtype=torch.float64)
+    stats = FeatureStatistics(1, head.density.dim)
+    stats.update(head.invariants(feats), torch.zeros(50, dtype=torch.long))
+    head.density.load_statistics(stats.finalize())
+    model = torch.nn.Sequential(head)
+    clone = common.without_distance_term(model)
+    forces = torch.zeros(5, 3, dtype=torch.float64)
+    new = 3.0 * feats[:5]
+    params, distance_sq = model[0].forward_with_distance(new, forces)
+    params_0, distance_sq_0 = clone[0].forward_with_distance(new, forces)
+    assert (distance_sq > 0).all() and (distance_sq_0 == 0).all()
+    assert (params.kappa < params_0.kappa).all()  # the distance lowers the evidence
+    torch.testing.assert_close(params.psi, params_0.psi)
