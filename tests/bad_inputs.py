@@ -50,6 +50,11 @@ BAD_INPUTS = {
         "a compiled model where the eager one is needed",
         "`FILE is a TorchScript-compiled model; give the eager '*.model' file instead`",
     ),
+    "moved-training-data": (
+        "a checkpoint whose training data file is gone (copied to another machine)",
+        "`FILE could not be loaded: it refers to …/train.xyz, which does not exist (a checkpoint "
+        "names its training data by the paths it was trained with …)`",
+    ),
     "missing-data": ("data file does not exist", "`data file FILE does not exist`"),
     "empty-data": ("empty data file", "`data file FILE is empty`"),
     "corrupt-data": (
@@ -336,6 +341,8 @@ CASES: list[Case] = [
         r"checkpoint .*No module named 'mace",
         compiled_model=r"nequip-compile: error: \S*model\.nequip\.pt2 is already a compiled "
         r"model: nequip-compile needs the checkpoint",
+        moved_training_data=r"nequip-compile: error: \S*moved_data\.ckpt could not be loaded: "
+        r"it refers to \S*gone/train\.xyz, which does not exist",
     ),
     *_cases(
         "nequip",

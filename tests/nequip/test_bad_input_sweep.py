@@ -31,11 +31,24 @@ def workspace(tmp_path_factory, runs) -> dict:
     shutil.copy(runs.trained("e2ip") / "best.ckpt", folder / "head.ckpt")
     shutil.copy(runs.compiled("e2ip"), folder / "model.nequip.pt2")
     truncate_copy(folder / "head.ckpt", folder / "truncated.ckpt")
+    _with_moved_data(folder / "head.ckpt", folder / "moved_data.ckpt", folder / "gone")
     shutil.copy(REPO / "examples" / "models" / "ethanol_e2ip.model", folder / "mace.model")
     (folder / "empty.nequip.pt2").write_bytes(b"")
     (folder / "garbage.nequip.pt2").write_text("garbage\n")
     (folder / "existing_output.ckpt").write_text("a checkpoint of the user's: must survive")
     return {"folder": folder, "structures": bad_structures()}
+
+
+def _with_moved_data(ckpt, out, gone) -> None:
+    """A copy of checkpoint ``ckpt`` whose training data paths point into the missing ``gone``."""
+    import torch
+
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+    data = saved["hyper_parameters"]["info_dict"]["data"]
+    for key in ("train_file_path", "val_file_path", "test_file_path"):
+        if key in data:
+            data[key] = str(gone / "train.xyz")
+    torch.save(saved, out)
 
 
 MODEL_FILES = {
@@ -46,6 +59,7 @@ MODEL_FILES = {
     "foreign-model": "mace.model",  # the shipped MACE model: another framework's file
     "head-model": "head.ckpt",
     "compiled-model": "model.nequip.pt2",
+    "moved-training-data": "moved_data.ckpt",
 }
 
 

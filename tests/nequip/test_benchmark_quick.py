@@ -104,3 +104,29 @@ def test_neighbours_refits_every_runs_e2ip_and_evaluates_both(bench):
     default = head_of(load_original(e2ip / "best_recalibrated.ckpt")).density
     assert banked.bank.shape[0] > 0 and default.bank.shape[0] == 0
     assert "e2ip + neighbours" in (bench["out"] / FRAMEWORK / "neighbours.md").read_text()
+
+
+def test_inference_scaling_compiles_once_and_times_the_compiled_files(bench, tmp_path):
+    """``inference_scaling --compiled``: each checkpoint compiled once with nequip-compile (ase
+    for plain models, ase_uq for heads; a second call reuses the files), and the runners call
+    the compiled files: the head's returns its uncertainty beside the plain model's forces."""
+    import json
+
+    from eip_plugins.core import keys
+    from examples.benchmark import inference_scaling
+
+    result = json.loads((bench["out"] / FRAMEWORK / "results.json").read_text())
+    models = {m: result["methods"][m]["models"][:1] for m in ("plain", "e2ip")}
+    folder = tmp_path / "compiled"
+    files, seconds = inference_scaling.compile_nequip_models(models, folder)
+    assert files["plain"][0].endswith("_ase.nequip.pt2")
+    assert files["e2ip"][0].endswith("_ase_uq.nequip.pt2")
+    assert all(s is not None and s > 0 for s in seconds.values())
+    again, reused = inference_scaling.compile_nequip_models(models, folder)
+    assert again == files and all(s is None for s in reused.values())
+    frames = inference_scaling.structures(Path(result["data"]))
+    size = next(iter(frames))
+    runners = inference_scaling.compiled_nequip_runners(files, {size: frames[size]})[size]
+    (plain,), (head,) = runners["plain"](), runners["e2ip"]()
+    assert keys.FORCES_UNCERTAINTY not in plain and (head[keys.FORCES_UNCERTAINTY] > 0).all()
+    assert plain["forces"].shape == head["forces"].shape == (len(frames[size]), 3)

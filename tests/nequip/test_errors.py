@@ -230,30 +230,3 @@ def test_one_line_errors_unwraps_input_errors_and_leaves_others():
     missing = FileNotFoundError(2, "No such file or directory", "train.xyz")
     assert one_line(missing) == "train.xyz does not exist"
     assert one_line(RuntimeError("CUDA out of memory")) is None
-
-
-def test_nequip_compile_of_a_checkpoint_whose_training_data_moved_names_the_file(runs, tmp_path):
-    """--mode aotinductor reads an example structure from the checkpoint's training data, by the
-    absolute path it was trained with: a checkpoint copied to where that file is gone gets one
-    line naming the missing file (Hydra's own message drops it), exit 1, no output written."""
-    import hashlib
-
-    import torch
-    from nequip_helpers import compile_args
-
-    ckpt = torch.load(runs.trained("e2ip") / "best.ckpt", map_location="cpu", weights_only=False)
-    data = ckpt["hyper_parameters"]["info_dict"]["data"]
-    moved = str(tmp_path / "gone" / "train.xyz")
-    for key in ("train_file_path", "val_file_path", "test_file_path"):
-        if key in data:
-            data[key] = moved
-    path = tmp_path / "copied.ckpt"
-    torch.save(ckpt, path)
-    sha = hashlib.sha256(path.read_bytes()).hexdigest()
-    out = tmp_path / "copied.nequip.pt2"
-    proc = run_cli(compile_args(path, out), cwd=tmp_path, check=False)
-    assert proc.returncode == 1 and "Traceback" not in proc.stdout, proc.stdout[-3000:]
-    last = proc.stdout.strip().splitlines()[-1]
-    assert last.startswith(f"nequip-compile: error: {path} could not be loaded: "), last
-    assert f"refers to {moved}, which does not exist" in last, last
-    assert not out.exists() and hashlib.sha256(path.read_bytes()).hexdigest() == sha
