@@ -136,9 +136,7 @@ class HeadBase(nn.Module):
         """(:meth:`feature_distance_sq` (N,), :meth:`head_features` (N, head_irreps.dim)), with
         the invariant descriptors of ``node_feats`` computed once for both."""
         invariants = self.invariants(node_feats)
-        if species is None:
-            species = torch.zeros(node_feats.shape[0], dtype=torch.long, device=node_feats.device)
-        distance_sq = self.density(invariants, species)
+        distance_sq = self.descriptor_distance_sq(invariants, species)
         return distance_sq, self.head_features(node_feats, edge_index, edge_vectors, invariants)
 
     def head_features(
@@ -187,9 +185,14 @@ class HeadBase(nn.Module):
         """r_i^2 (N,), the normalised squared Mahalanobis distance of each atom's descriptors to
         the training atoms of its species (mean 1 over them; 0 while no statistics are fitted).
         ``species`` (N,) int64, ``None`` means all atoms are species 0."""
+        return self.descriptor_distance_sq(self.invariants(node_feats), species)
+
+    def descriptor_distance_sq(self, invariants: Tensor, species: Optional[Tensor]) -> Tensor:
+        """:meth:`feature_distance_sq` from the descriptors ``invariants`` (N, D) of the features
+        (``self.invariants(node_feats)``)."""
         if species is None:
-            species = torch.zeros(node_feats.shape[0], dtype=torch.long, device=node_feats.device)
-        return self.density(self.invariants(node_feats), species)
+            species = torch.zeros(invariants.shape[0], dtype=torch.long, device=invariants.device)
+        return self.density(invariants, species)
 
     def distance_fields(
         self, distance_sq: Tensor, batch: Tensor, num_graphs: int
