@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .neighbour_distance import FittedNeighbours, neighbour_distance_sq
+from .neighbour_distance import FittedNeighbours, element_offsets, neighbour_distance_sq
 
 DEFAULT_SHRINKAGE = 0.1
 DEFAULT_JITTER = 1e-6
@@ -185,7 +185,8 @@ class FeatureDensity(nn.Module):
     evidence off while the distance is still reported); the neighbour bank ``bank`` (B, D),
     ``bank_species`` (B,), ``bank_temperature`` (Z,), ``bank_scale`` (Z,) and
     ``neighbour_weight`` () (B = 0 and w = 0 until :meth:`load_neighbours`: the Gaussian
-    distance alone).
+    distance alone). The bank is sorted by element; ``bank_offsets`` (Z + 1 ints, an attribute
+    kept in step with ``bank_species``) says where each element's rows start.
 
     Forward:
         features (N, D), species (N,) int64 -> r^2 (N,), dimensionless, mean 1 over the training
@@ -213,6 +214,18 @@ class FeatureDensity(nn.Module):
         self.register_buffer("bank_temperature", torch.zeros(z, **options))
         self.register_buffer("bank_scale", torch.zeros(z, **options))
         self.register_buffer("neighbour_weight", torch.zeros((), **options))
+        # Z + 1 >= 2 ints: TorchScript infers List[int] (an annotation would be a string here)
+        self.bank_offsets = [0] * (z + 1)
+
+    def index_bank(self) -> None:
+        """Sort the bank by element (a bank of this version already is) and set
+        ``bank_offsets`` from ``bank_species``."""
+        species = self._buffers["bank_species"]
+        if species.numel() > 1 and bool((species[1:] < species[:-1]).any()):
+            order = torch.sort(species, stable=True).indices
+            self._buffers["bank"] = self._buffers["bank"][order].contiguous()
+            self._buffers["bank_species"] = species[order].contiguous()
+        self.bank_offsets = element_offsets(self._buffers["bank_species"], self.num_species)
 
     def forward(self, features: Tensor, species: Tensor) -> Tensor:
         species = species.reshape(-1)
@@ -234,7 +247,7 @@ class FeatureDensity(nn.Module):
             own,
             species,
             self.bank.to(features.dtype),
-            self.bank_species,
+            self.bank_offsets,
             self.bank_temperature.to(features.dtype),
             self.bank_scale.to(features.dtype),
             fallback=gaussian,  # elements without stored atoms: the Gaussian distance alone
@@ -296,6 +309,7 @@ class FeatureDensity(nn.Module):
         self.bank_temperature.copy_(fitted.temperature.to(like.dtype))
         self.bank_scale.copy_(fitted.scale.to(like.dtype))
         self.neighbour_weight.fill_(float(weight) if fitted.bank.shape[0] else 0.0)
+        self.index_bank()
 
     @torch.no_grad()
     def reset(self) -> None:
@@ -327,6 +341,8 @@ class FeatureDensity(nn.Module):
                 self.register_buffer(name, torch.full((), value, dtype=like.dtype))
         if "bank" not in self._buffers:  # pickled before the neighbour distance existed
             self.register_empty_bank()
+        elif "bank_offsets" not in self.__dict__:  # pickled before the bank was indexed
+            self.index_bank()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # a model saved before the density (or one of its buffers) existed: the defaults
@@ -341,3 +357,4 @@ class FeatureDensity(nn.Module):
         for name, buffer in self._buffers.items():
             state_dict.setdefault(prefix + name, torch.full_like(buffer, defaults.get(name, 0.0)))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self.index_bank()

@@ -21,6 +21,7 @@ from eip_plugins.core._e3nn import o3
 from eip_plugins.core.neighbour_distance import (
     DEFAULT_TEMPERATURE_FACTOR,
     NeighbourSample,
+    element_offsets,
     fit_neighbours,
 )
 
@@ -60,6 +61,7 @@ def test_distance_against_an_independent_computation():
     descriptors, fitted = _fit(head, feats, species)
     g = torch.Generator().manual_seed(7)
     new = torch.randn(40, IRREPS.dim, generator=g, dtype=torch.float64) * 2.0
+    new[:9] *= 50.0  # far out: every term of their sums but the nearest underflows
     new_species = torch.arange(40) % 3  # species 2: no training atoms, Gaussian distance alone
     r2 = head.feature_distance_sq(new, new_species).numpy()
     h_new = head.invariants(new).numpy()
@@ -111,6 +113,29 @@ def test_an_atom_in_the_gap_between_clusters_is_far_only_for_the_neighbour_dista
     gaussian = head.feature_distance_sq(gap, z)
     assert gaussian.mean() < 1.0  # closer than a typical training atom, for the Gaussian
     assert neighbours.mean() > 5.0  # far from every training atom
+
+
+def test_a_bank_loaded_out_of_element_order_is_sorted_and_gives_the_same_distance():
+    head = make_head("e2ip", IRREPS, num_species=3).double().eval()
+    feats, species = _training_set()
+    _fit(head, feats, species)
+    assert head.density.bank_offsets == [0, 75, 150, 150]  # element 2: no training atoms
+    x = torch.randn(9, IRREPS.dim, dtype=torch.float64)
+    z = torch.arange(9) % 3
+    expected = head.feature_distance_sq(x, z)
+    state = head.state_dict()
+    order = torch.randperm(
+        state["density.bank"].shape[0], generator=torch.Generator().manual_seed(2)
+    )
+    state["density.bank"] = state["density.bank"][order]
+    state["density.bank_species"] = state["density.bank_species"][order]
+    fresh = make_head("e2ip", IRREPS, num_species=3, seed=4).double().eval()
+    fresh.load_state_dict(state, strict=True)
+    assert fresh.density.bank_offsets == [0, 75, 150, 150]
+    assert bool((fresh.density.bank_species.diff() >= 0).all())
+    torch.testing.assert_close(fresh.feature_distance_sq(x, z), expected, rtol=1e-12, atol=0)
+    with pytest.raises(ValueError, match="not sorted by element"):
+        element_offsets(torch.tensor([1, 0]), 2)
 
 
 def test_reservoir_sample_is_bounded_and_uniform():
