@@ -346,6 +346,21 @@ CASES: list[Case] = [
     ),
     *_cases(
         "nequip",
+        "nequip-package build",
+        corrupt_model=r"nequip-package: error: \S*garbage\.ckpt is not a NequIP checkpoint.*: "
+        r"not a torch/zip archive",
+        truncated_model=r"nequip-package: error: \S*truncated\.ckpt (is not|could not be loaded "
+        r"as) a NequIP checkpoint",
+        foreign_model=r"nequip-package: error: \S*mace\.model (could not be loaded as|is not) a "
+        r"NequIP checkpoint",
+        compiled_model=r"nequip-package: error: \S*model\.nequip\.pt2 is already a compiled "
+        r"model: nequip-package needs the checkpoint",
+        moved_training_data=r"nequip-package: error: \S*moved_data\.ckpt could not be loaded: "
+        r"it refers to \S*gone/train\.xyz, which does not exist .*nequip-package stores an "
+        r"example structure",
+    ),
+    *_cases(
+        "nequip",
         "eip-calibrate nequip",
         **{k: "eip-calibrate: error: .*" + v for k, v in _NEQUIP_MODEL.items()},
         foreign_model=r"eip-calibrate: error: \S*mace\.model is not a NequIP checkpoint .*"
@@ -605,6 +620,7 @@ _TOOLS = {  # entry point -> (what the README calls it, framework)
     "eip-al nequip": ("`eip-al`", "NequIP"),
     "nequip-train": ("`nequip-train -cn config_with_eip`", None),
     "nequip-compile": ("`nequip-compile`", None),
+    "nequip-package build": ("`nequip-package build`", None),
 }
 
 

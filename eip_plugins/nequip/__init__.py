@@ -2,7 +2,8 @@
 
 Imported by ``import nequip`` through the ``nequip.extension`` entry point (``init_always``); the
 import only registers the output fields and the ``ase_uq`` compile target, and makes
-``nequip-compile`` end bad input with one line (:mod:`.compile_errors`). Everything else is
+``nequip-compile`` and ``nequip-package build`` end bad input with one line
+(:mod:`.compile_errors`). Everything else is
 loaded on first attribute access:
 
 - :func:`EvidentialNequIPGNNModel` -- model builder (``training_module.model._target_``);

@@ -20,6 +20,7 @@ DATA = REPO / "examples" / "data"
 BIN = Path(sys.executable).parent
 NEQUIP_TRAIN = str(BIN / "nequip-train")
 NEQUIP_COMPILE = str(BIN / "nequip-compile")
+NEQUIP_PACKAGE = str(BIN / "nequip-package")
 
 # A small but real NequIP: 2 interaction layers (the head reads the first), l_max = 1.
 SMALL_MODEL = [

@@ -18,7 +18,7 @@ from bad_inputs import (
     truncate_copy,
     unusual_valid_structures,
 )
-from nequip_helpers import DATA, NEQUIP_COMPILE, NEQUIP_TRAIN, REPO, cli_env
+from nequip_helpers import DATA, NEQUIP_COMPILE, NEQUIP_PACKAGE, NEQUIP_TRAIN, REPO, cli_env
 
 CASES = cases_for("nequip")
 
@@ -143,6 +143,11 @@ def _nequip_compile(case, ws):
     ]  # fmt: skip
 
 
+def _nequip_package(case, ws):
+    """nequip-package build (a subprocess: the console script, wrapped on import)"""
+    return [NEQUIP_PACKAGE, "build", MODEL_FILES[case.bad_input], "out.nequip.zip"]
+
+
 def _eip_al(case, ws):
     from eip_plugins.active_learning.cli import main
 
@@ -158,6 +163,7 @@ RUNNERS = {
     "eip-calibrate nequip": _head_tool("eip-calibrate"),
     "nequip-train": _nequip_train,
     "nequip-compile": _nequip_compile,
+    "nequip-package build": _nequip_package,
 }
 
 
