@@ -23,6 +23,7 @@ from eip_plugins.core.neighbour_distance import (
     NeighbourSample,
     element_offsets,
     fit_neighbours,
+    neighbour_distance_sq,
 )
 
 IRREPS = o3.Irreps("5x0e + 2x1o")
@@ -260,3 +261,25 @@ def test_calibration_fits_the_bank_and_refuses_bad_settings():
         CalibrationSettings(neighbours=1)
     with pytest.raises(ValueError, match="need the feature statistics"):
         CalibrationSettings(neighbours=10, density=False)
+
+
+def test_the_cost_script_times_the_distance_on_a_bank_fitted_as_the_calibration_fits_it(capsys):
+    """``python -m examples.benchmark.neighbour_cost`` (README figures): its synthetic bank is a
+    fitted bank of every element, its arguments give the head's own distance, and it prints a
+    row per (D, dtype, N)."""
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    if str(repo) not in sys.path:  # `examples` is imported from the repository root
+        sys.path.insert(0, str(repo))
+    from examples.benchmark import neighbour_cost
+
+    bank = neighbour_cost.synthetic_bank(dim=4, stored_per_element=20)
+    assert bank["fitted"].count.tolist() == [20.0, 20.0, 20.0]
+    args = neighbour_cost.distance_arguments(bank, atoms=30, dtype=torch.float64)
+    s2 = neighbour_distance_sq(*args)
+    assert s2.shape == (30,) and bool((s2[:3] > s2[3:].median()).all())  # the moved atoms: far
+    neighbour_cost.main(["--atoms", "3", "--dims", "4", "--stored", "10", "--rounds", "1"])
+    rows = capsys.readouterr().out.strip().splitlines()
+    assert len(rows) == 2 + 2 and rows[2].startswith("| 4 | 30 | float64 | 3 |")
