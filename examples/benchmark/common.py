@@ -60,7 +60,9 @@ def finished_run_parser(prog: str, description: str) -> argparse.ArgumentParser:
 
 def finished_run_results(parser: argparse.ArgumentParser, args) -> Path:
     """``OUT/<framework>/results.json`` of the parsed ``args``; the parser's one-line error when
-    the run has none."""
+    the run has none. Makes ``args.out`` absolute: the tools run ``eip-calibrate`` and
+    ``nequip-compile`` in the models' folders, where a relative ``--out`` names nothing."""
+    args.out = args.out.resolve()
     path = args.out / args.framework / "results.json"
     if not path.exists():
         parser.error(f"--out: {path} not found (run the benchmark)")

@@ -59,3 +59,20 @@ def test_without_distance_term_zeroes_the_distance_and_keeps_the_features():
     assert (distance_sq > 0).all() and (distance_sq_0 == 0).all()
     assert (params.kappa < params_0.kappa).all()  # the distance lowers the evidence
     torch.testing.assert_close(params.psi, params_0.psi)
+
+
+def test_finished_run_tools_make_a_relative_out_absolute(tmp_path, monkeypatch):
+    """The finished-run tools run eip-calibrate / nequip-compile in the models' folders: a
+    relative ``--out`` (as a user types it) must reach them as an absolute path."""
+    (tmp_path / "runs" / "mace").mkdir(parents=True)
+    (tmp_path / "runs" / "mace" / "results.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    parser = common.finished_run_parser("tool", "a finished-run tool")
+    args = parser.parse_args(["--framework", "mace", "--out", "runs"])
+    path = common.finished_run_results(parser, args)
+    assert args.out == tmp_path / "runs" and args.out.is_absolute()
+    assert path == tmp_path / "runs" / "mace" / "results.json"
+    with pytest.raises(SystemExit):  # a run with no results: the parser's one-line error
+        common.finished_run_results(
+            parser, parser.parse_args(["--framework", "nequip", "--out", "runs"])
+        )
