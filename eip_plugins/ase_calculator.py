@@ -26,6 +26,8 @@ Results (ASE units: eV, eV/A, eV/A^3):
 
 from __future__ import annotations
 
+import inspect
+import math
 from dataclasses import asdict
 
 import numpy as np
@@ -38,13 +40,41 @@ from .core.udd import UDDConfig, limit_bias_forces, udd_bias_energy, udd_bias_fo
 
 MIN_INTERATOMIC_DISTANCE = 0.1  # A; closer atoms are treated as a broken structure
 
+#: the keyword arguments ASE's own ``Calculator`` takes (everything else a subclass does not name
+#: is refused: ASE would store it as a "parameter" and silently do nothing with it)
+ASE_CALCULATOR_KWARGS = ("restart", "ignore_bad_restart_file", "label", "atoms", "directory")
+
+#: the power of the force unit (energy / length) of each output that scales with it; energy and
+#: stress are converted by the energy unit and energy / length^3
+FORCE_UNIT_POWER = {
+    "forces": 1,
+    keys.FORCES_UNCERTAINTY: 1,
+    keys.UNCERTAINTY: 1,
+    keys.UNCERTAINTY_MAX: 1,
+    keys.FORCES_EPISTEMIC_COV: 2,
+    keys.FORCES_ALEATORIC_COV: 2,
+    keys.EIP_BETA: 2,
+    keys.E2IP_PSI: 2,
+    keys.MVE_COV: 2,
+}
+
 
 class UncertaintyCalculator(Calculator):
     """Base ASE calculator returning forces with evidential uncertainties, optionally biased (UDD).
 
     Args:
         udd: ``None`` (no bias), a :class:`UDDConfig`, or a dict of its fields (A, B, C, D, form).
-        energy_units_to_eV, length_units_to_A: unit conversion of the model's outputs.
+            Its A (eV), B and D (eV/A) apply to the converted uncertainty and forces.
+        energy_units_to_eV, length_units_to_A: the model's energy unit in eV and length unit in
+            A (default 1: a model trained in eV and A). As in ``MACECalculator`` and
+            ``NequIPCalculator``, the model's outputs are converted, the positions are passed as
+            they are: energy x e, forces and sigma x e / l, covariances and the evidential
+            scale parameters (``eip_beta``, ``e2ip_psi``, ``mve_cov``) x (e / l)^2, stress
+            x e / l^3. E.g. ``energy_units_to_eV=ase.units.kcal / ase.units.mol`` for a model
+            trained on kcal/mol labels.
+        **kwargs: ASE ``Calculator`` arguments (:data:`ASE_CALCULATOR_KWARGS`); any other name
+            raises ValueError (a misspelt option, or one of another calculator's, would
+            otherwise be ignored without a word).
 
     Subclasses implement :meth:`evaluate_model` and set ``known_atomic_numbers``.
     """
@@ -66,7 +96,21 @@ class UncertaintyCalculator(Calculator):
     known_atomic_numbers: set[int] | None = None
     supports_udd: bool = True
 
-    def __init__(self, udd: UDDConfig | dict | None = None, **kwargs):
+    def __init__(
+        self,
+        udd: UDDConfig | dict | None = None,
+        energy_units_to_eV: float = 1.0,
+        length_units_to_A: float = 1.0,
+        **kwargs,
+    ):
+        unknown = sorted(set(kwargs) - set(ASE_CALCULATOR_KWARGS))
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__}: unknown keyword argument(s) {unknown}; it takes "
+                f"{', '.join(self._keyword_names())} (and ASE's {', '.join(ASE_CALCULATOR_KWARGS)})"
+            )
+        self.energy_units_to_eV = _unit_factor("energy_units_to_eV", energy_units_to_eV)
+        self.length_units_to_A = _unit_factor("length_units_to_A", length_units_to_A)
         super().__init__(**kwargs)
         if isinstance(udd, dict):
             unknown = sorted(set(udd) - set(UDDConfig.__dataclass_fields__))
@@ -97,6 +141,30 @@ class UncertaintyCalculator(Calculator):
         ``torch.autograd.grad(out["uncertainty"].sum(), out["positions"])`` works.
         """
         raise NotImplementedError
+
+    def _keyword_names(self) -> list[str]:
+        """The named keyword arguments of this class's constructor and of this base."""
+        names = []
+        for cls in (type(self), UncertaintyCalculator):
+            for name, parameter in inspect.signature(cls.__init__).parameters.items():
+                named = parameter.kind in (parameter.POSITIONAL_OR_KEYWORD, parameter.KEYWORD_ONLY)
+                if named and name != "self" and name not in names:
+                    names.append(name)
+        return names
+
+    def in_ase_units(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`evaluate_model`'s outputs converted from the model's units to eV and A (see
+        ``energy_units_to_eV``); the same dict when both units are 1. Tensors keep their
+        autograd graph (UDD differentiates the converted sigma)."""
+        energy, length = self.energy_units_to_eV, self.length_units_to_A
+        if energy == 1.0 and length == 1.0:
+            return out
+        force = energy / length
+        factors = {key: force**power for key, power in FORCE_UNIT_POWER.items()}
+        factors.update(energy=energy, stress=energy / length**3)
+        return {
+            key: value * factors[key] if key in factors else value for key, value in out.items()
+        }
 
     # -- validation -------------------------------------------------------------------------------
     def check_atoms(self, atoms) -> None:
@@ -141,7 +209,7 @@ class UncertaintyCalculator(Calculator):
         super().calculate(atoms, properties, system_changes)
         self.check_atoms(self.atoms)
         use_bias = self.udd is not None and self.udd.A > 0.0
-        out = self.evaluate_model(self.atoms, keep_graph=use_bias)
+        out = self.in_ase_units(self.evaluate_model(self.atoms, keep_graph=use_bias))
         results = {
             "energy": _scalar(out["energy"]),
             "forces": _array(out["forces"]),
@@ -171,7 +239,8 @@ class UncertaintyCalculator(Calculator):
             zero = np.zeros_like(forces)
             return {"forces_unbiased": forces, "udd_bias_energy": 0.0, "udd_bias_forces": zero}
         energy_bias = udd_bias_energy(out[keys.UNCERTAINTY], len(self.atoms), self.udd)
-        raw = udd_bias_forces(energy_bias, out["positions"])
+        # -dE_bias/dR with R in the model's length unit (positions are passed as they are)
+        raw = udd_bias_forces(energy_bias, out["positions"]) / self.length_units_to_A
         limited = _array(limit_bias_forces(raw, self.udd))
         e_bias = _scalar(energy_bias)
         return {
@@ -187,6 +256,20 @@ class UncertaintyCalculator(Calculator):
         if self.udd is not None:
             d["udd"] = asdict(self.udd)
         return d
+
+
+def _unit_factor(name: str, value) -> float:
+    """``value`` as a float; ValueError unless it is a finite number > 0."""
+    try:
+        factor = float(value)
+    except (TypeError, ValueError):
+        factor = math.nan
+    if isinstance(value, bool) or not (math.isfinite(factor) and factor > 0.0):
+        unit = name.rsplit("_", 1)[-1]
+        raise ValueError(
+            f"invalid {name}={value!r}: the model's unit in {unit} must be a finite number > 0"
+        )
+    return factor
 
 
 def _closest_pair(atoms) -> tuple[int, int, float]:

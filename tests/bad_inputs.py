@@ -92,6 +92,12 @@ BAD_INPUTS = {
         "`invalid density power=0.5: must be >= 1`, `--eip_quantile=1.5 …`, "
         "`invalid UDD parameter A=-1.0 …`",
     ),
+    "unknown-option": (
+        "a calculator keyword it does not have (misspelt, or another calculator's, e.g. "
+        "`compile_mode`)",
+        "`MACEUQCalculator: unknown keyword argument(s) ['compile_mode']; it takes model_paths, "
+        "device, …`",
+    ),
     "output-is-input": (
         "`--output` equal to `--model`",
         "`--output must differ from --model: the input model is never modified`",
@@ -187,6 +193,10 @@ _NEQUIP_MODEL = dict(
     corrupt_model=r"garbage\.ckpt is not a NequIP checkpoint.*: not a torch/zip archive",
 )
 
+_UNKNOWN_NEQUIP_OPTION = (
+    r"NequIPUQCalculator: unknown keyword argument\(s\) \['torchscript_heads'\]; it takes model, "
+    r"device, .*energy_units_to_eV"
+)
 _UNWRITABLE = r"{tool}: error: --output good\.xyz/out\.\w+: good\.xyz is a file, not a folder"
 _READ_ONLY = r"{tool}: error: --output /sys/out\.\w+: cannot write in /sys \(Permission denied\)"
 
@@ -199,6 +209,8 @@ CASES: list[Case] = [
         plain_model=r"plain\.model is a plain MACE model without an evidential head.*eip-attach",
         **_STRUCTURE,
         out_of_range=r"invalid UDD parameter A=-1(\.0)?: must be >= 0",
+        unknown_option=r"MACEUQCalculator: unknown keyword argument\(s\) \['compile_mode'\]; it "
+        r"takes model_paths, device, default_dtype",
     ),
     *_cases(
         "mace",
@@ -291,6 +303,7 @@ CASES: list[Case] = [
         r"ModuleNotFoundError: No module named 'mace",
         **_STRUCTURE,
         out_of_range=r"udd: unknown parameter\(s\) \['Q'\]",
+        unknown_option=_UNKNOWN_NEQUIP_OPTION,
     ),
     *_cases(
         "nequip",
@@ -300,6 +313,7 @@ CASES: list[Case] = [
         corrupt_model=r"garbage\.nequip\.pt2 is not a NequIP model compiled .*: not a torch/zip",
         nan_positions=_STRUCTURE["nan_positions"],
         unknown_element=_STRUCTURE["unknown_element"],
+        unknown_option=_UNKNOWN_NEQUIP_OPTION,
     ),
     *_cases(
         "nequip",

@@ -1,7 +1,8 @@
 """ASE calculator for MACE models trained with ``mace_run_train --head=...``.
 
 :class:`MACEUQCalculator` is a drop-in for ``mace.calculators.MACECalculator`` (same
-``model_paths``, ``device``, ``default_dtype``, ``head`` arguments) that also returns the force
+``model_paths``, ``device``, ``default_dtype``, ``head``, ``energy_units_to_eV`` and
+``length_units_to_A`` arguments) that also returns the force
 uncertainties and supports uncertainty-driven dynamics (UDD) through the shared base
 :class:`eip_plugins.ase_calculator.UncertaintyCalculator` (results and units documented there).
 It accepts the eager ``*.model`` and MACE's TorchScript ``*_compiled.model``.
@@ -66,9 +67,13 @@ class MACEUQCalculator(UncertaintyCalculator):
         torchscript_head: run the evidential head as TorchScript (same results, about half its
             per-call cost on small structures: :mod:`eip_plugins.core.inference`); the MACE
             backbone runs as loaded. A TorchScript ``*_compiled.model`` is compiled already.
+        **kwargs: ``energy_units_to_eV``, ``length_units_to_A`` (the model's units, as in
+            ``MACECalculator``) and ASE's calculator arguments; see
+            :class:`~eip_plugins.ase_calculator.UncertaintyCalculator`.
 
     Raises:
-        ValueError: for a model without an evidential head (plain MACE) or several paths.
+        ValueError: for a model without an evidential head (plain MACE), several paths, or a
+            keyword argument it does not take (``compile_mode``, for instance).
     """
 
     def __init__(

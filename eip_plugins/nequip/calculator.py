@@ -54,6 +54,9 @@ class NequIPUQCalculator(_IntegrationLoaderMixin, UncertaintyCalculator):
             structures); the NequIP model around it runs as given. It replaces the model's head
             module in place, so it is off for a model passed in here and on for the one
             ``from_saved_model`` loads.
+        **kwargs: ``energy_units_to_eV``, ``length_units_to_A`` (the model's units, as in
+            ``NequIPCalculator``) and ASE's calculator arguments; any other keyword raises
+            ValueError (:class:`~eip_plugins.ase_calculator.UncertaintyCalculator`).
     """
 
     def __init__(

@@ -27,8 +27,8 @@ class ToyUQCalculator(UncertaintyCalculator):
 
     known_atomic_numbers = {1, 6, 8}
 
-    def __init__(self, udd=None):
-        super().__init__(udd=udd)
+    def __init__(self, udd=None, **kwargs):
+        super().__init__(udd=udd, **kwargs)
         # the same parameters whatever the process's default dtype: Dask workers (float32) and a
         # pytest session whose framework fixtures set float64 must compute the same numbers
         default = torch.get_default_dtype()

@@ -59,6 +59,8 @@ def _calculator(case, ws):
         return lambda: MACEUQCalculator(model_paths=str(ws["folder"] / MODEL_FILES[case.bad_input]))
     if case.bad_input == "out-of-range":
         return lambda: MACEUQCalculator(model_paths=str(SHIPPED_MODEL), udd={"A": -1.0})
+    if case.bad_input == "unknown-option":  # MACECalculator's, which this one does not take
+        return lambda: MACEUQCalculator(model_paths=str(SHIPPED_MODEL), compile_mode="default")
     atoms = ws["structures"][case.bad_input]
 
     def evaluate():

@@ -225,6 +225,43 @@ def test_calculator_uncertainty_is_differentiable(e2ip_run, data):
     assert np.abs(calc_udd.results["udd_bias_forces"]).sum() > 0
 
 
+def test_calculator_units_are_maces_own(e2ip_run, data):
+    """``energy_units_to_eV`` / ``length_units_to_A`` give MACECalculator's energy and forces
+    with the same units, and the uncertainties of the unconverted calculator times the force
+    unit (its square for covariances)."""
+    from ase.units import kcal, mol
+    from mace.calculators import MACECalculator
+
+    units = dict(energy_units_to_eV=kcal / mol, length_units_to_A=0.5)
+    force_unit = units["energy_units_to_eV"] / units["length_units_to_A"]
+    path = str(e2ip_run["model"])
+    atoms = ase.io.read(data["test_300K"], index=0)
+    results = {}
+    for name, calc in {
+        "mace": MACECalculator(model_paths=path, default_dtype="float64", **units),
+        "converted": MACEUQCalculator(model_paths=path, default_dtype="float64", **units),
+        "model units": MACEUQCalculator(model_paths=path, default_dtype="float64"),
+    }.items():
+        atoms.calc = calc
+        atoms.get_forces()
+        results[name] = dict(calc.results)
+    converted, mace, model_units = results["converted"], results["mace"], results["model units"]
+    assert converted["energy"] == pytest.approx(mace["energy"], rel=1e-12)
+    assert converted["energy"] == pytest.approx(model_units["energy"] * kcal / mol, rel=1e-12)
+    np.testing.assert_allclose(converted["forces"], mace["forces"], rtol=1e-10, atol=1e-12)
+    for key, power in [
+        (keys.FORCES_UNCERTAINTY, 1),
+        (keys.UNCERTAINTY, 1),
+        (keys.FORCES_EPISTEMIC_COV, 2),
+        (keys.E2IP_PSI, 2),
+        (keys.E2IP_KAPPA, 0),
+        (keys.FORCES_FEATURE_DISTANCE, 0),
+    ]:
+        np.testing.assert_allclose(
+            converted[key], model_units[key] * force_unit**power, rtol=1e-12, err_msg=key
+        )
+
+
 def test_calculator_accepts_compiled_model(mve_run, data):
     atoms = ase.io.read(data["test_300K"], index=0)
     calc = MACEUQCalculator(model_paths=str(mve_run["compiled"]))

@@ -77,6 +77,8 @@ def _calculator(compiled: bool):
             return lambda: load(str(folder / files[case.bad_input]))
         if case.bad_input == "out-of-range":
             return lambda: load(str(folder / good), udd={"Q": 1.0})
+        if case.bad_input == "unknown-option":  # a misspelt torchscript_head
+            return lambda: load(str(folder / good), torchscript_heads=False)
         atoms = ws["structures"][case.bad_input]
 
         def evaluate():

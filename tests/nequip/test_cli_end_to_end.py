@@ -168,6 +168,50 @@ def test_checkpoint_calculator_supports_udd(runs, ethanol_300K):
 
 
 @pytest.mark.slow
+def test_calculator_units_are_nequips_own(runs, ethanol_300K):
+    """``energy_units_to_eV`` / ``length_units_to_A`` give NequIPCalculator's energy and forces
+    with the same units (checkpoint), and the uncertainties of the unconverted calculator times
+    the force unit, its square for covariances (checkpoint and compiled file)."""
+    from ase.units import kcal, mol
+    from nequip.integrations.ase import NequIPCalculator
+
+    units = dict(energy_units_to_eV=kcal / mol, length_units_to_A=0.5)
+    force_unit = units["energy_units_to_eV"] / units["length_units_to_A"]
+    best = runs.trained("e2ip") / "best.ckpt"
+    frames = ethanol_300K[:2]
+    nequip = _evaluate(
+        NequIPCalculator._from_saved_model(best, chemical_species_to_atom_type_map=True, **units),
+        frames,
+    )
+    for load, path in [
+        (NequIPUQCalculator.from_saved_model, best),
+        (NequIPUQCalculator.from_compiled_model, runs.compiled("e2ip")),
+    ]:
+        converted = _evaluate(load(path, **units), frames)
+        model_units = _evaluate(load(path), frames)
+        for res, ref, own in zip(converted, model_units, nequip, strict=True):
+            assert res["energy"] == pytest.approx(ref["energy"] * kcal / mol, rel=1e-12)
+            if load == NequIPUQCalculator.from_saved_model:
+                assert res["energy"] == pytest.approx(own["energy"], rel=1e-12)
+                np.testing.assert_allclose(res["forces"], own["forces"], rtol=1e-12)
+            for key, power in [
+                ("forces", 1),
+                (keys.FORCES_UNCERTAINTY, 1),
+                (keys.UNCERTAINTY_MAX, 1),
+                (keys.FORCES_ALEATORIC_COV, 2),
+                (keys.E2IP_PSI, 2),
+                (keys.E2IP_NU_W, 0),
+                (keys.FEATURE_DISTANCE, 0),
+            ]:
+                if key not in ref and load == NequIPUQCalculator.from_compiled_model:
+                    continue  # the ase_uq target does not export the raw parameters
+                # the head's outputs are float32 (the model's dtype), converted in float32
+                np.testing.assert_allclose(
+                    res[key], ref[key] * force_unit**power, rtol=1e-6, err_msg=key
+                )
+
+
+@pytest.mark.slow
 def test_ddp_two_cpu_processes(tmp_path):
     """Lightning DDP (gloo, 2 CPU processes) with the head, loss and metrics."""
     run_dir = tmp_path / "ddp"
