@@ -98,11 +98,9 @@ def test_udd_biases_with_the_converted_sigma_and_forces_in_eV_per_A():
     result = _results(biased, atoms)
 
     sigma = _results(_calculator(), atoms)["uncertainty"] * FORCE_UNIT
-    expected_energy = udd_bias_energy(torch.tensor(sigma), len(atoms), udd).item()
-    # the biased call keeps the force graph, where Psi's exponential is a Pade approximant
-    # instead of the eigendecomposition of the unbiased call: equal to ~1e-8 here
-    assert result["udd_bias_energy"] == pytest.approx(expected_energy, rel=1e-6)
-    assert abs(expected_energy) > 1e-4  # the bias is on
+    expected_energy = udd_bias_energy(torch.tensor(sigma, dtype=torch.float64), len(atoms), udd)
+    assert result["udd_bias_energy"] == pytest.approx(expected_energy.item(), rel=1e-10)
+    assert abs(expected_energy.item()) > 1e-4  # the bias is on
 
     h = 1e-5
     raw = np.zeros((len(atoms), 3))
