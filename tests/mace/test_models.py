@@ -11,6 +11,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
+from calculator_checks import assert_converted
 from mace_helpers import cli_env, log_text, train
 
 from eip_plugins.core import evidential_total_loss, keys
@@ -226,16 +227,16 @@ def test_calculator_uncertainty_is_differentiable(e2ip_run, data):
 
 
 def test_calculator_units_are_maces_own(e2ip_run, data):
-    """``energy_units_to_eV`` / ``length_units_to_A`` give MACECalculator's energy and forces
-    with the same units, and the uncertainties of the unconverted calculator times the force
-    unit (its square for covariances)."""
+    """``energy_units_to_eV`` / ``length_units_to_A`` give MACECalculator's energy, forces and
+    stress with the same units (a periodic cell), and every other result of the unconverted
+    calculator times its unit (:data:`calculator_checks.RESULT_UNITS`)."""
     from ase.units import kcal, mol
     from mace.calculators import MACECalculator
 
     units = dict(energy_units_to_eV=kcal / mol, length_units_to_A=0.5)
-    force_unit = units["energy_units_to_eV"] / units["length_units_to_A"]
     path = str(e2ip_run["model"])
     atoms = ase.io.read(data["test_300K"], index=0)
+    atoms.cell, atoms.pbc = [[9.0, 0.0, 0.0], [1.0, 8.0, 0.0], [0.0, 0.5, 8.5]], True  # stress
     results = {}
     for name, calc in {
         "mace": MACECalculator(model_paths=path, default_dtype="float64", **units),
@@ -247,19 +248,10 @@ def test_calculator_units_are_maces_own(e2ip_run, data):
         results[name] = dict(calc.results)
     converted, mace, model_units = results["converted"], results["mace"], results["model units"]
     assert converted["energy"] == pytest.approx(mace["energy"], rel=1e-12)
-    assert converted["energy"] == pytest.approx(model_units["energy"] * kcal / mol, rel=1e-12)
-    np.testing.assert_allclose(converted["forces"], mace["forces"], rtol=1e-10, atol=1e-12)
-    for key, power in [
-        (keys.FORCES_UNCERTAINTY, 1),
-        (keys.UNCERTAINTY, 1),
-        (keys.FORCES_EPISTEMIC_COV, 2),
-        (keys.E2IP_PSI, 2),
-        (keys.E2IP_KAPPA, 0),
-        (keys.FORCES_FEATURE_DISTANCE, 0),
-    ]:
-        np.testing.assert_allclose(
-            converted[key], model_units[key] * force_unit**power, rtol=1e-12, err_msg=key
-        )
+    for key in ("forces", "stress"):
+        np.testing.assert_allclose(converted[key], mace[key], rtol=1e-10, atol=1e-12, err_msg=key)
+    assert np.abs(model_units["stress"]).max() > 0
+    assert_converted(converted, model_units, units["energy_units_to_eV"], 0.5, rtol=1e-12)
 
 
 def test_calculator_accepts_compiled_model(mve_run, data):
