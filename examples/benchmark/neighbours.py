@@ -27,7 +27,15 @@ import numpy as np
 from examples.benchmark import common
 
 LOG = logging.getLogger("benchmark.neighbours")
-SPLITS = {"test_300K": "300 K", "test_hot": "1200 K", "test_unseen": "unseen"}
+#: the splits reported, in this order, where the data has them (the water box only without
+#: ``--no-water``)
+SPLITS = {
+    "test_300K": "300 K",
+    "test_hot": "1200 K",
+    "test_unseen": "unseen",
+    "water_300K": "water 300 K",
+    "water_hot": "water 600 K",
+}
 METRICS = ("spearman", "ce", "nll")
 DEFAULT = "e2ip (default refit)"
 NEIGHBOURS = "e2ip + neighbours"
@@ -59,14 +67,17 @@ def evaluate_run(framework: str, part, workdir: Path, data: Path, neighbours: in
 
 
 def markdown(runs: list[dict]) -> str:
-    """Mean ± std over the runs of each metric, per method and split."""
-    head = "| method | " + " | ".join(f"{k} (300 K / 1200 K / unseen)" for k in METRICS) + " |"
+    """Mean ± std over the runs of each metric, per method and split (the splits of
+    :data:`SPLITS` the runs have)."""
+    splits = [s for s in SPLITS if any(s in r[DEFAULT] for r in runs)]
+    names = " / ".join(SPLITS[s] for s in splits)
+    head = "| method | " + " | ".join(f"{k} ({names})" for k in METRICS) + " |"
     lines = [head, "|" + "---|" * (len(METRICS) + 1)]
     for method in (DEFAULT, NEIGHBOURS):
         cells = []
         for key in METRICS:
             parts = []
-            for split in SPLITS:
+            for split in splits:
                 values = np.array([r[method][split][key] for r in runs if split in r[method]])
                 spread = f" ± {values.std(ddof=1):.2f}" if len(values) > 1 else ""
                 parts.append(f"{values.mean():.2f}{spread}")

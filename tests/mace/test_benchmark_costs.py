@@ -76,3 +76,23 @@ def test_finished_run_tools_make_a_relative_out_absolute(tmp_path, monkeypatch):
         common.finished_run_results(
             parser, parser.parse_args(["--framework", "nequip", "--out", "runs"])
         )
+
+
+def test_neighbours_table_reports_every_split_the_runs_have():
+    """``examples.benchmark.neighbours``: the water box's splits beside the molecular ones (the
+    neighbour distance can move them the other way), mean ± std over the runs."""
+    from examples.benchmark import neighbours
+
+    def run(shift, splits):
+        metrics = {
+            s: {k: 0.1 * i + shift for i, k in enumerate(neighbours.METRICS)} for s in splits
+        }
+        return {neighbours.DEFAULT: metrics, neighbours.NEIGHBOURS: metrics}
+
+    molecules = ["test_300K", "test_hot", "test_unseen"]
+    with_water = neighbours.markdown([run(0.0, [*molecules, "water_300K", "water_hot"]),
+                                      run(0.2, [*molecules, "water_300K", "water_hot"])])  # fmt: skip
+    assert "spearman (300 K / 1200 K / unseen / water 300 K / water 600 K)" in with_water
+    assert "0.10 ± 0.14 / 0.10 ± 0.14 / 0.10 ± 0.14 / 0.10 ± 0.14 / 0.10 ± 0.14" in with_water
+    without = neighbours.markdown([run(0.0, molecules)])  # data made with --no-water
+    assert "spearman (300 K / 1200 K / unseen) |" in without and "water" not in without
