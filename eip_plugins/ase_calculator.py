@@ -44,18 +44,19 @@ MIN_INTERATOMIC_DISTANCE = 0.1  # A; closer atoms are treated as a broken struct
 #: is refused: ASE would store it as a "parameter" and silently do nothing with it)
 ASE_CALCULATOR_KWARGS = ("restart", "ignore_bad_restart_file", "label", "atoms", "directory")
 
-#: the power of the force unit (energy / length) of each output that scales with it; energy and
-#: stress are converted by the energy unit and energy / length^3
-FORCE_UNIT_POWER = {
-    "forces": 1,
-    keys.FORCES_UNCERTAINTY: 1,
-    keys.UNCERTAINTY: 1,
-    keys.UNCERTAINTY_MAX: 1,
-    keys.FORCES_EPISTEMIC_COV: 2,
-    keys.FORCES_ALEATORIC_COV: 2,
-    keys.EIP_BETA: 2,
-    keys.E2IP_PSI: 2,
-    keys.MVE_COV: 2,
+#: the powers of (energy unit, length unit) of each output that a change of units converts
+UNIT_POWERS = {
+    "energy": (1, 0),
+    "stress": (1, -3),
+    "forces": (1, -1),
+    keys.FORCES_UNCERTAINTY: (1, -1),
+    keys.UNCERTAINTY: (1, -1),
+    keys.UNCERTAINTY_MAX: (1, -1),
+    keys.FORCES_EPISTEMIC_COV: (2, -2),
+    keys.FORCES_ALEATORIC_COV: (2, -2),
+    keys.EIP_BETA: (2, -2),
+    keys.E2IP_PSI: (2, -2),
+    keys.MVE_COV: (2, -2),
 }
 
 
@@ -159,9 +160,7 @@ class UncertaintyCalculator(Calculator):
         energy, length = self.energy_units_to_eV, self.length_units_to_A
         if energy == 1.0 and length == 1.0:
             return out
-        force = energy / length
-        factors = {key: force**power for key, power in FORCE_UNIT_POWER.items()}
-        factors.update(energy=energy, stress=energy / length**3)
+        factors = {key: energy**a * length**b for key, (a, b) in UNIT_POWERS.items()}
         return {
             key: value * factors[key] if key in factors else value for key, value in out.items()
         }
