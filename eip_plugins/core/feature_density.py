@@ -27,9 +27,10 @@ distance is the mean of the two normalised squared distances,
 
       r_i^2 = (1 - w) r_Gauss,i^2 + w s_i^2,    w = ``neighbour_weight`` = 1/2,
 
-where s_i is the (soft) distance to the nearest stored training atoms of the element: the
-Gaussian term keeps the growth along directions the training atoms never varied in, the
-neighbour term sees gaps between an element's clusters of environments.
+where s_i is the (soft) distance to the nearest stored training atoms of the element, each in
+units of that stored atom's local spacing: the Gaussian term keeps the growth along directions
+the training atoms never varied in, the neighbour term sees gaps between an element's clusters
+of environments without reading a thinly covered cluster as new.
 
 Without fitted statistics every buffer is zero, r^2 = 0 and g is exactly 1: a model whose
 statistics were never fitted behaves exactly as one without this module.
@@ -50,6 +51,8 @@ DEFAULT_STRENGTH = 1.0
 DEFAULT_POWER = 2.0
 #: the weight of the neighbour distance in r^2 when a neighbour bank is fitted
 NEIGHBOUR_WEIGHT = 0.5
+#: the buffers with one row per stored atom (B), kept in the same order
+_BANK_ROWS = ("bank", "bank_species", "bank_local_scale")
 #: r^2 beyond this counts as this (r = 10^6)
 MAX_DISTANCE_SQ = 1.0e12
 #: the epistemic variance grows by this factor at most (sigma_epistemic by 10^6)
@@ -183,9 +186,9 @@ class FeatureDensity(nn.Module):
     Buffers: ``mean`` (Z, D), ``whitening`` (Z, D, D), ``count`` (Z,); ``strength`` () = a and
     ``power`` () = p of the evidence factor 1 / (1 + a r^(2p)) (a = 0 switches the density-aware
     evidence off while the distance is still reported); the neighbour bank ``bank`` (B, D),
-    ``bank_species`` (B,), ``bank_temperature`` (Z,), ``bank_scale`` (Z,) and
-    ``neighbour_weight`` () (B = 0 and w = 0 until :meth:`load_neighbours`: the Gaussian
-    distance alone). The bank is sorted by element; ``bank_offsets`` (Z + 1 ints, an attribute
+    ``bank_species`` (B,), ``bank_local_scale`` (B,), ``bank_temperature`` (Z,),
+    ``bank_scale`` (Z,) and ``neighbour_weight`` () (B = 0 and w = 0 until
+    :meth:`load_neighbours`: the Gaussian distance alone). The bank is sorted by element; ``bank_offsets`` (Z + 1 ints, an attribute
     kept in step with ``bank_species``) says where each element's rows start.
 
     Forward:
@@ -211,6 +214,7 @@ class FeatureDensity(nn.Module):
         self.register_buffer("bank", torch.zeros(0, d, dtype=like.dtype, device=like.device))
         self.register_buffer("bank_species", torch.zeros(0, dtype=torch.long, device=like.device))
         options = {"dtype": like.dtype, "device": like.device}
+        self.register_buffer("bank_local_scale", torch.zeros(0, **options))
         self.register_buffer("bank_temperature", torch.zeros(z, **options))
         self.register_buffer("bank_scale", torch.zeros(z, **options))
         self.register_buffer("neighbour_weight", torch.zeros((), **options))
@@ -223,8 +227,8 @@ class FeatureDensity(nn.Module):
         species = self._buffers["bank_species"]
         if species.numel() > 1 and bool((species[1:] < species[:-1]).any()):
             order = torch.sort(species, stable=True).indices
-            self._buffers["bank"] = self._buffers["bank"][order].contiguous()
-            self._buffers["bank_species"] = species[order].contiguous()
+            for name in _BANK_ROWS:
+                self._buffers[name] = self._buffers[name][order].contiguous()
         self.bank_offsets = element_offsets(self._buffers["bank_species"], self.num_species)
 
     def forward(self, features: Tensor, species: Tensor) -> Tensor:
@@ -251,6 +255,7 @@ class FeatureDensity(nn.Module):
             self.bank_temperature.to(features.dtype),
             self.bank_scale.to(features.dtype),
             fallback=gaussian,  # elements without stored atoms: the Gaussian distance alone
+            local_scale=self.bank_local_scale.to(features.dtype),
         )
         weight = self.neighbour_weight.to(features.dtype)
         return (1.0 - weight) * gaussian + weight * neighbours
@@ -306,6 +311,7 @@ class FeatureDensity(nn.Module):
         like = self.mean
         self.bank = fitted.bank.to(dtype=like.dtype, device=like.device).clone()
         self.bank_species = fitted.species.to(device=like.device).clone()
+        self.bank_local_scale = fitted.local_scale.to(dtype=like.dtype, device=like.device).clone()
         self.bank_temperature.copy_(fitted.temperature.to(like.dtype))
         self.bank_scale.copy_(fitted.scale.to(like.dtype))
         self.neighbour_weight.fill_(float(weight) if fitted.bank.shape[0] else 0.0)
@@ -341,17 +347,22 @@ class FeatureDensity(nn.Module):
                 self.register_buffer(name, torch.full((), value, dtype=like.dtype))
         if "bank" not in self._buffers:  # pickled before the neighbour distance existed
             self.register_empty_bank()
-        elif "bank_offsets" not in self.__dict__:  # pickled before the bank was indexed
+            return
+        if "bank_local_scale" not in self._buffers:  # pickled before the local scale: rho = 1
+            bank = self._buffers["bank"]
+            self.register_buffer("bank_local_scale", bank.new_ones(bank.shape[0]))
+        if "bank_offsets" not in self.__dict__:  # pickled before the bank was indexed
             self.index_bank()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # a model saved before the density (or one of its buffers) existed: the defaults
-        # (no statistics, a = 1, p = 2)
-        defaults = {"strength": DEFAULT_STRENGTH, "power": DEFAULT_POWER}
-        for name in ("bank", "bank_species"):  # B is the saved model's (0 if saved without)
-            saved = state_dict.get(prefix + name)
+        # (no statistics, a = 1, p = 2; saved before the local scale: rho = 1)
+        defaults = {"strength": DEFAULT_STRENGTH, "power": DEFAULT_POWER, "bank_local_scale": 1.0}
+        saved_bank = state_dict.get(prefix + "bank")
+        rows = saved_bank.shape[0] if saved_bank is not None else 0
+        for name in _BANK_ROWS:  # B is the saved model's (0 if saved without)
             like = self._buffers[name]
-            shape = tuple(saved.shape) if saved is not None else (0, *like.shape[1:])
+            shape = (rows, *like.shape[1:])
             if tuple(like.shape) != shape:
                 self._buffers[name] = torch.zeros(shape, dtype=like.dtype, device=like.device)
         for name, buffer in self._buffers.items():

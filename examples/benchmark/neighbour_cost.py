@@ -78,7 +78,8 @@ def distance_arguments(bank: dict, atoms: int, dtype: torch.dtype, seed: int = 1
     offsets = element_offsets(fitted.species, NUM_ELEMENTS)
     cast = [t.to(dtype) for t in (whitened, fitted.bank, fitted.temperature, fitted.scale)]
     gaussian = (cast[0] * cast[0]).sum(-1)
-    return cast[0], z, cast[1], offsets, cast[2], cast[3], gaussian
+    local_scale = fitted.local_scale.to(dtype)
+    return cast[0], z, cast[1], offsets, cast[2], cast[3], gaussian, local_scale
 
 
 def median_ms(function, arguments: tuple, rounds: int, calls: int = 10) -> float:

@@ -18,7 +18,10 @@ from eip_plugins.attach import FeatureChunk
 from eip_plugins.calibration import CalibrationSettings, calibrate_head
 from eip_plugins.core import FeatureStatistics
 from eip_plugins.core._e3nn import o3
+from eip_plugins.core.feature_density import FeatureDensity
 from eip_plugins.core.neighbour_distance import (
+    DEFAULT_LOCAL_NEIGHBOURS,
+    DEFAULT_LOCAL_SCALE_POWER,
     DEFAULT_TEMPERATURE_FACTOR,
     NeighbourSample,
     element_offsets,
@@ -38,8 +41,9 @@ def _training_set(n: int = 150, seed: int = 0):
     return feats, species
 
 
-def _fit(head, feats, species, max_per_species: int = 1000):
-    """Gaussian statistics and the neighbour bank of ``feats`` stored in ``head``."""
+def _fit(head, feats, species, max_per_species: int = 1000, **options):
+    """Gaussian statistics and the neighbour bank of ``feats`` stored in ``head`` (``options``:
+    of :func:`fit_neighbours`)."""
     descriptors = head.invariants(feats)
     stats = FeatureStatistics(head.density.num_species, head.density.dim)
     stats.update(descriptors, species)
@@ -47,7 +51,7 @@ def _fit(head, feats, species, max_per_species: int = 1000):
     head.density.load_statistics(fitted)
     sample = NeighbourSample(head.density.num_species, head.density.dim, max_per_species)
     sample.update(descriptors, species)
-    head.density.load_neighbours(fit_neighbours(sample, fitted.mean, fitted.whitening))
+    head.density.load_neighbours(fit_neighbours(sample, fitted.mean, fitted.whitening, **options))
     return descriptors, fitted
 
 
@@ -56,10 +60,17 @@ def _soft_min(d2: np.ndarray, tau: float) -> np.ndarray:
     return np.maximum(shifted[:, 0] - tau * np.log(np.exp(-(d2 - shifted) / tau).sum(1)), 0.0)
 
 
-def test_distance_against_an_independent_computation():
+def _local_scale(within: np.ndarray, power: float) -> np.ndarray:
+    """rho_j of stored atoms with squared distances ``within`` (M, M), diagonal inf."""
+    spacing = np.sort(within, axis=1)[:, :DEFAULT_LOCAL_NEIGHBOURS].mean(1)
+    return (spacing / spacing.mean()) ** power
+
+
+@pytest.mark.parametrize("power", [DEFAULT_LOCAL_SCALE_POWER, 0.0, 1.0])
+def test_distance_against_an_independent_computation(power):
     head = make_head("e2ip", IRREPS, num_species=3).double()
     feats, species = _training_set()
-    descriptors, fitted = _fit(head, feats, species)
+    descriptors, fitted = _fit(head, feats, species, local_scale_power=power)
     g = torch.Generator().manual_seed(7)
     new = torch.randn(40, IRREPS.dim, generator=g, dtype=torch.float64) * 2.0
     new[:9] *= 50.0  # far out: every term of their sums but the nearest underflows
@@ -76,12 +87,55 @@ def test_distance_against_an_independent_computation():
         bank = (descriptors.numpy()[species.numpy() == z] - mean) @ w.T
         within = ((bank[:, None] - bank[None]) ** 2).sum(-1)
         np.fill_diagonal(within, np.inf)
-        tau = DEFAULT_TEMPERATURE_FACTOR * within.min(1).mean()
-        scale = _soft_min(within, tau).mean()  # each training atom left out of its own sum
-        d2 = ((own[:, None] - bank[None]) ** 2).sum(-1)
+        rho = _local_scale(within, power)
+        scaled = within / rho[None, :]  # distances in units of the stored atom's spacing
+        tau = DEFAULT_TEMPERATURE_FACTOR * scaled.min(1).mean()
+        scale = _soft_min(scaled, tau).mean()  # each training atom left out of its own sum
+        d2 = ((own[:, None] - bank[None]) ** 2).sum(-1) / rho[None, :]
         expected = 0.5 * gaussian + 0.5 * _soft_min(d2, tau) / scale
         np.testing.assert_allclose(r2[new_species.numpy() == z], expected, rtol=1e-9)
         assert float(head.density.bank_temperature[z]) == pytest.approx(tau, rel=1e-12)
+        stored = head.density.bank_local_scale[head.density.bank_species == z].numpy()
+        np.testing.assert_allclose(stored, rho, rtol=1e-12)
+
+
+def test_a_thinly_covered_region_counts_as_covered_with_the_local_scale():
+    """One element, two regions of environments: a dense cluster (many atoms close together, as
+    a gas-phase molecule's MD frames) and a wide one (fewer atoms, 5x the spread, as
+    condensed-phase water). With one scale for the element (power 0) a new atom drawn like the
+    wide region's atoms reads as ~100x farther out than one of the dense cluster; measured in
+    each stored atom's own spacing (power 1) the two are alike, the default power 1/2 is between.
+    An atom beyond both regions stays far at every power."""
+    g = torch.Generator().manual_seed(5)
+
+    def draw(n: int, centre: float, spread: float) -> torch.Tensor:
+        x = spread * torch.randn(n, 3, generator=g, dtype=torch.float64)
+        x[:, 0] += centre
+        return x
+
+    train = torch.cat([draw(400, 0.0, 0.3), draw(100, 6.0, 1.5)])
+    species = torch.zeros(train.shape[0], dtype=torch.long)
+    dense, wide, beyond = draw(200, 0.0, 0.3), draw(200, 6.0, 1.5), draw(50, -20.0, 0.3)
+    ratio = {}
+    for power in (0.0, DEFAULT_LOCAL_SCALE_POWER, 1.0):
+        density = FeatureDensity(1, 3).double()
+        stats = FeatureStatistics(1, 3)
+        stats.update(train, species)
+        fitted = stats.finalize()
+        density.load_statistics(fitted)
+        sample = NeighbourSample(1, 3, max_per_species=1000)
+        sample.update(train, species)
+        bank = fit_neighbours(sample, fitted.mean, fitted.whitening, local_scale_power=power)
+        density.load_neighbours(bank, weight=1.0)  # the neighbour distance alone
+        mean_dense, mean_wide, mean_beyond = (
+            float(density(x, torch.zeros(x.shape[0], dtype=torch.long)).mean())
+            for x in (dense, wide, beyond)
+        )
+        assert mean_beyond > 20.0 * max(mean_dense, mean_wide), power
+        ratio[power] = mean_wide / mean_dense
+    assert ratio[0.0] > 50.0  # one scale: the wide region reads as new
+    assert ratio[DEFAULT_LOCAL_SCALE_POWER] < ratio[0.0] / 10.0
+    assert ratio[1.0] < 2.0  # its own spacing: covered as well as the dense cluster
 
 
 def test_fit_in_row_blocks_equals_the_fit_in_one(monkeypatch):
@@ -130,6 +184,7 @@ def test_a_bank_loaded_out_of_element_order_is_sorted_and_gives_the_same_distanc
     )
     state["density.bank"] = state["density.bank"][order]
     state["density.bank_species"] = state["density.bank_species"][order]
+    state["density.bank_local_scale"] = state["density.bank_local_scale"][order]
     fresh = make_head("e2ip", IRREPS, num_species=3, seed=4).double().eval()
     fresh.load_state_dict(state, strict=True)
     assert fresh.density.bank_offsets == [0, 75, 150, 150]
@@ -209,6 +264,21 @@ def test_every_save_path_keeps_the_bank():
     fresh = make_head("e2ip", IRREPS, num_species=2, seed=4).double().eval()
     fresh.load_state_dict(head.state_dict(), strict=True)
     torch.testing.assert_close(fresh.feature_distance_sq(x, z), expected, rtol=0, atol=0)
+    # a state dict saved before the local scale existed: rho = 1, as the fit with power 0
+    one_scale = make_head("e2ip", IRREPS, num_species=2).double().eval()
+    _fit(one_scale, feats, species, local_scale_power=0.0)
+    before_local = {k: v for k, v in one_scale.state_dict().items() if "local_scale" not in k}
+    fresh.load_state_dict(before_local, strict=True)
+    torch.testing.assert_close(fresh.density.bank_local_scale, torch.ones(150, dtype=torch.float64))
+    torch.testing.assert_close(
+        fresh.feature_distance_sq(x, z), one_scale.feature_distance_sq(x, z), rtol=1e-12, atol=0
+    )
+    pickled = pickle.loads(pickle.dumps(one_scale))
+    del pickled.density._buffers["bank_local_scale"]  # as pickled before the local scale
+    pickled.density.__setstate__(pickled.density.__dict__)
+    torch.testing.assert_close(
+        pickled.feature_distance_sq(x, z), one_scale.feature_distance_sq(x, z), rtol=0, atol=0
+    )
     # a state dict saved before the bank existed: the Gaussian distance alone
     old = {k: v for k, v in head.state_dict().items() if "bank" not in k and "neighbour" not in k}
     fresh.load_state_dict(old, strict=True)
@@ -261,6 +331,12 @@ def test_calibration_fits_the_bank_and_refuses_bad_settings():
         CalibrationSettings(neighbours=1)
     with pytest.raises(ValueError, match="need the feature statistics"):
         CalibrationSettings(neighbours=10, density=False)
+    sample = NeighbourSample(2, head.density.dim, 10)
+    mean, whitening = head.density.mean, head.density.whitening
+    with pytest.raises(ValueError, match="local_scale_power=1.5"):
+        fit_neighbours(sample, mean, whitening, local_scale_power=1.5)
+    with pytest.raises(ValueError, match="local_neighbours=0"):
+        fit_neighbours(sample, mean, whitening, local_neighbours=0)
 
 
 def test_the_cost_script_times_the_distance_on_a_bank_fitted_as_the_calibration_fits_it(capsys):
