@@ -15,7 +15,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
-from nequip_helpers import BIN, DATA, compile_args, plain_train_args, run_cli
+from nequip_helpers import BIN, DATA, NEQUIP_PACKAGE, compile_args, plain_train_args, run_cli
 
 from eip_plugins.attach import AttachError
 from eip_plugins.core.metrics import spearman
@@ -24,7 +24,6 @@ from eip_plugins.nequip import NequIPUQCalculator
 from eip_plugins.nequip.attach import attach_head, load_original
 
 EIP_ATTACH = str(BIN / "eip-attach")
-NEQUIP_PACKAGE = str(BIN / "nequip-package")
 
 
 def _sha(path: Path) -> str:

@@ -13,6 +13,7 @@ from calculator_checks import assert_same_results
 from nequip_helpers import (
     BIN,
     DATA,
+    NEQUIP_PACKAGE,
     calculator_results,
     compile_args,
     plain_train_args,
@@ -30,7 +31,6 @@ from eip_plugins.nequip.head_module import evidential_head_outputs
 
 EIP_ATTACH = str(BIN / "eip-attach")
 EIP_CALIBRATE = str(BIN / "eip-calibrate")
-NEQUIP_PACKAGE = str(BIN / "nequip-package")
 SCALAR = ["++training_module.model.l_max=0"]
 
 
