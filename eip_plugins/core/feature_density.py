@@ -188,8 +188,9 @@ class FeatureDensity(nn.Module):
     evidence off while the distance is still reported); the neighbour bank ``bank`` (B, D),
     ``bank_species`` (B,), ``bank_local_scale`` (B,), ``bank_temperature`` (Z,),
     ``bank_scale`` (Z,) and ``neighbour_weight`` () (B = 0 and w = 0 until
-    :meth:`load_neighbours`: the Gaussian distance alone). The bank is sorted by element; ``bank_offsets`` (Z + 1 ints, an attribute
-    kept in step with ``bank_species``) says where each element's rows start.
+    :meth:`load_neighbours`: the Gaussian distance alone). The bank is sorted by element;
+    ``bank_offsets`` (Z + 1 ints, an attribute kept in step with ``bank_species``) says where
+    each element's rows start.
 
     Forward:
         features (N, D), species (N,) int64 -> r^2 (N,), dimensionless, mean 1 over the training

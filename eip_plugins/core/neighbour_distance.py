@@ -9,7 +9,7 @@ measures how far h lies from the nearest training atoms of its element instead, 
 whitened coordinates w = W_z (h - m_z), each stored atom's distance in units of its own local
 spacing:
 
-    s_i^2 = -tau_z log sum_j exp(-|w_i - b_j|^2 / (tau_z rho_j)),   j over the stored atoms b_j of z,
+    s_i^2 = -tau_z log sum_j exp(-|w_i - b_j|^2 / (tau_z rho_j)),  j over the stored atoms b_j of z,
 
 a soft minimum of the scaled squared distances (the nearest one as tau -> 0, smooth everywhere so
 that sigma's gradient, UDD's bias force, is continuous), clamped at 0 and divided by its mean
@@ -26,8 +26,9 @@ scale per element (alpha = 0) an atom in a thinly but fully covered region reads
 as the unseen molecules' atoms (the benchmark's water box: sigma too large, CE 0.07 -> 0.16).
 Measuring each distance in units of the stored atom's own spacing, as the local outlier factor
 does (Breunig et al., SIGMOD 2000), counts a covered region as covered; alpha = 1 would also let
-an isolated training atom cover a wide region, alpha = 1/2 is halfway (examples/benchmark/
-README.md, "Neighbour distance", measured alpha = 0, 1/4, 1/2, 3/4, 1).
+an isolated training atom cover a wide region, alpha = 1/2 is halfway (measured for alpha = 0,
+1/4, 1/2, 3/4, 1: README.md, "σ that grows out of distribution", and examples/benchmark/
+README.md, "Other backbones").
 
 - :class:`NeighbourSample` keeps up to M training descriptors per element while the training
   set streams past (reservoir sampling, seeded: every atom has the same chance to be kept);
