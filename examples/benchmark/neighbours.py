@@ -1,16 +1,18 @@
 """The optional neighbour distance (``--density_neighbours``) on a finished benchmark run.
 
 For every run (the first, ``seed1``, ``seed2`` ...) of one framework's benchmark output, the
-trained e2ip model is refitted by ``eip-calibrate <framework> --density_neighbours M`` (default
+trained e2ip model (``--head eip``: the eip model) is refitted by ``eip-calibrate <framework> --density_neighbours M`` (default
 settings otherwise, written beside it as ``<stem>_neighbours<suffix>``; reused when present) and
 evaluated with the benchmark's metrics next to its default refit (``<stem>_recalibrated``, which
 ``--recalibrate`` writes). Nothing is retrained.
 
     .venv-nequip/bin/python -m examples.benchmark.neighbours --framework nequip --out benchmark_out
     .venv-mace/bin/python -m examples.benchmark.neighbours --framework mace --out benchmark_out
+    .venv-mace/bin/python -m examples.benchmark.neighbours --framework mace --head eip ...
 
-Writes ``OUT/<framework>/neighbours.json`` (every run's metrics) and ``neighbours.md`` (mean ±
-standard deviation over the runs of ρ, CE and NLL per split; printed as well).
+Writes ``OUT/<framework>/neighbours.json`` (every run's metrics; ``neighbours_eip.json`` for
+``--head eip``) and ``neighbours.md`` (mean ± standard deviation over the runs of ρ, CE and NLL
+per split; printed as well). mve has no epistemic part for the distance to scale.
 """
 
 from __future__ import annotations
@@ -37,19 +39,27 @@ SPLITS = {
     "water_hot": "water 600 K",
 }
 METRICS = ("spearman", "ce", "nll")
-DEFAULT = "e2ip (default refit)"
-NEIGHBOURS = "e2ip + neighbours"
+#: the heads the tool refits (mve's Σ has no epistemic part, so the distance leaves it as it is)
+HEADS = ("e2ip", "eip")
 
 
-def run_dirs(out: Path, framework: str) -> list[Path]:
-    """The e2ip model folder of every run of ``out/<framework>``, first run first."""
+def labels(head: str) -> tuple[str, str]:
+    """The two methods' names in the tables: the default refit, then the neighbour distance."""
+    return f"{head} (default refit)", f"{head} + neighbours"
+
+
+def run_dirs(out: Path, framework: str, head: str = "e2ip") -> list[Path]:
+    """The ``head`` model folder of every run of ``out/<framework>``, first run first."""
     models = out / framework / "models"
-    dirs = [models / "e2ip", *sorted(p / "e2ip" for p in models.glob("seed*"))]
+    dirs = [models / head, *sorted(p / head for p in models.glob("seed*"))]
     return [d for d in dirs if d.is_dir()]
 
 
-def evaluate_run(framework: str, part, workdir: Path, data: Path, neighbours: int) -> dict:
-    """Metrics (method -> split -> name) of one run's e2ip with and without stored neighbours."""
+def evaluate_run(
+    framework: str, part, workdir: Path, data: Path, neighbours: int, head: str = "e2ip"
+) -> dict:
+    """Metrics (method -> split -> name) of one run's ``head`` model with and without stored
+    neighbours."""
     model = part.trained_model(workdir)
     default = model.with_name(f"{model.stem}_recalibrated{part.MODEL_SUFFIX}")
     target = model.with_name(f"{model.stem}_neighbours{part.MODEL_SUFFIX}")
@@ -58,22 +68,24 @@ def evaluate_run(framework: str, part, workdir: Path, data: Path, neighbours: in
             log = path.with_suffix(".log")
             LOG.info("%s: eip-calibrate %s %s -> %s", framework, model, flags, path.name)
             common.run_head_tool("eip-calibrate", framework, model, data, path, flags, log)
+    label_default, label_neighbours = labels(head)
     calcs = {
-        DEFAULT: part.force_calculator(str(default), plain=False),
-        NEIGHBOURS: part.force_calculator(str(target), plain=False),
+        label_default: part.force_calculator(str(default), plain=False),
+        label_neighbours: part.force_calculator(str(target), plain=False),
     }
     metrics, _ = common.evaluate_splits(data, calcs, part._predict, LOG)
     return {m: {s: metrics[m][s] for s in SPLITS if s in metrics[m]} for m in calcs}
 
 
-def markdown(runs: list[dict]) -> str:
+def markdown(runs: list[dict], head: str = "e2ip") -> str:
     """Mean ± std over the runs of each metric, per method and split (the splits of
     :data:`SPLITS` the runs have)."""
-    splits = [s for s in SPLITS if any(s in r[DEFAULT] for r in runs)]
+    methods = labels(head)
+    splits = [s for s in SPLITS if any(s in r[methods[0]] for r in runs)]
     names = " / ".join(SPLITS[s] for s in splits)
     head = "| method | " + " | ".join(f"{k} ({names})" for k in METRICS) + " |"
     lines = [head, "|" + "---|" * (len(METRICS) + 1)]
-    for method in (DEFAULT, NEIGHBOURS):
+    for method in methods:
         cells = []
         for key in METRICS:
             parts = []
@@ -91,18 +103,25 @@ def main(argv=None) -> int:
         "python -m examples.benchmark.neighbours", __doc__.split("\n")[0]
     )
     p.add_argument("--neighbours", type=int, default=4096, help="stored training atoms per element")
+    p.add_argument("--head", choices=HEADS, default="e2ip", help="the trained head to refit")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     results = common.finished_run_results(p, args)
-    dirs = run_dirs(args.out, args.framework)
+    dirs = run_dirs(args.out, args.framework, args.head)
     if not dirs:
-        p.error(f"--out: no e2ip model under {args.out / args.framework / 'models'}")
+        p.error(f"--out: no {args.head} model under {args.out / args.framework / 'models'}")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     data = Path(json.loads(results.read_text())["data"])
     part = importlib.import_module(f"examples.benchmark.{args.framework}_part")
-    runs = [evaluate_run(args.framework, part, d, data, args.neighbours) for d in dirs]
-    result = {"neighbours": args.neighbours, "runs": [str(d) for d in dirs], "metrics": runs}
-    common.write_tool_outputs(args.out / args.framework, "neighbours", result, markdown(runs))
+    runs = [evaluate_run(args.framework, part, d, data, args.neighbours, args.head) for d in dirs]
+    result = {
+        "head": args.head,
+        "neighbours": args.neighbours,
+        "runs": [str(d) for d in dirs],
+        "metrics": runs,
+    }
+    name = "neighbours" if args.head == "e2ip" else f"neighbours_{args.head}"
+    common.write_tool_outputs(args.out / args.framework, name, result, markdown(runs, args.head))
     return 0
 
 

@@ -87,7 +87,7 @@ def test_neighbours_table_reports_every_split_the_runs_have():
         metrics = {
             s: {k: 0.1 * i + shift for i, k in enumerate(neighbours.METRICS)} for s in splits
         }
-        return {neighbours.DEFAULT: metrics, neighbours.NEIGHBOURS: metrics}
+        return dict.fromkeys(neighbours.labels("e2ip"), metrics)
 
     molecules = ["test_300K", "test_hot", "test_unseen"]
     with_water = neighbours.markdown([run(0.0, [*molecules, "water_300K", "water_hot"]),

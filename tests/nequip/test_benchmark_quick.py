@@ -77,9 +77,11 @@ def test_backbone_variants_train_the_same_size_of_model(tmp_path):
         nequip_part.main(["--data", str(tmp_path), "--backbone", "schnet", "--quick"])
 
 
-def test_neighbours_refits_every_runs_e2ip_and_evaluates_both(bench):
-    """``python -m examples.benchmark.neighbours``: eip-calibrate --density_neighbours of the
-    run's e2ip model, evaluated beside its default refit with the benchmark's metrics."""
+@pytest.mark.parametrize("head", ["e2ip", "eip"])
+def test_neighbours_refits_every_runs_head_and_evaluates_both(bench, head):
+    """``python -m examples.benchmark.neighbours [--head eip]``: eip-calibrate
+    --density_neighbours of the run's head model, evaluated beside its default refit with the
+    benchmark's metrics."""
     import json
 
     import numpy as np
@@ -88,22 +90,23 @@ def test_neighbours_refits_every_runs_e2ip_and_evaluates_both(bench):
     from eip_plugins.nequip.calibration import head_of
     from examples.benchmark import neighbours
 
-    assert (
-        neighbours.main(["--framework", FRAMEWORK, "--out", str(bench["out"]), "--neighbours", "8"])
-        == 0
-    )
-    written = json.loads((bench["out"] / FRAMEWORK / "neighbours.json").read_text())
-    assert written["neighbours"] == 8 and len(written["runs"]) == len(written["metrics"]) >= 1
+    argv = ["--framework", FRAMEWORK, "--out", str(bench["out"]), "--neighbours", "8"]
+    assert neighbours.main([*argv, "--head", head]) == 0
+    name = "neighbours" if head == "e2ip" else f"neighbours_{head}"
+    written = json.loads((bench["out"] / FRAMEWORK / f"{name}.json").read_text())
+    assert written["head"] == head and written["neighbours"] == 8
+    assert len(written["runs"]) == len(written["metrics"]) >= 1
     for run in written["metrics"]:
-        assert set(run) == {neighbours.DEFAULT, neighbours.NEIGHBOURS}
+        assert set(run) == set(neighbours.labels(head))
         for method in run.values():
             for key in neighbours.METRICS:
                 assert np.isfinite([method[s][key] for s in method]).all()
-    e2ip = Path(written["runs"][0])
-    banked = head_of(load_original(e2ip / "best_neighbours.ckpt")).density
-    default = head_of(load_original(e2ip / "best_recalibrated.ckpt")).density
+    model_dir = Path(written["runs"][0])
+    assert model_dir.name == head
+    banked = head_of(load_original(model_dir / "best_neighbours.ckpt")).density
+    default = head_of(load_original(model_dir / "best_recalibrated.ckpt")).density
     assert banked.bank.shape[0] > 0 and default.bank.shape[0] == 0
-    assert "e2ip + neighbours" in (bench["out"] / FRAMEWORK / "neighbours.md").read_text()
+    assert f"{head} + neighbours" in (bench["out"] / FRAMEWORK / f"{name}.md").read_text()
 
 
 def test_inference_scaling_compiles_once_and_times_the_compiled_files(bench, tmp_path):
