@@ -1,10 +1,11 @@
 """The optional neighbour distance (``--density_neighbours``) on a finished benchmark run.
 
 For every run (the first, ``seed1``, ``seed2`` ...) of one framework's benchmark output, the
-trained e2ip model (``--head eip``: the eip model) is refitted by ``eip-calibrate <framework> --density_neighbours M`` (default
-settings otherwise, written beside it as ``<stem>_neighbours<suffix>``; reused when present) and
-evaluated with the benchmark's metrics next to its default refit (``<stem>_recalibrated``, which
-``--recalibrate`` writes). Nothing is retrained.
+trained e2ip model (``--head eip``: the eip model) is refitted by ``eip-calibrate <framework>
+--density_neighbours M`` (default settings otherwise, written beside it as
+``<stem>_neighbours<suffix>``; reused when present) and evaluated with the benchmark's metrics
+next to its default refit (``<stem>_recalibrated``, which ``--recalibrate`` writes). Nothing is
+retrained.
 
     .venv-nequip/bin/python -m examples.benchmark.neighbours --framework nequip --out benchmark_out
     .venv-mace/bin/python -m examples.benchmark.neighbours --framework mace --out benchmark_out
