@@ -84,8 +84,8 @@ def markdown(runs: list[dict], head: str = "e2ip") -> str:
     methods = labels(head)
     splits = [s for s in SPLITS if any(s in r[methods[0]] for r in runs)]
     names = " / ".join(SPLITS[s] for s in splits)
-    head = "| method | " + " | ".join(f"{k} ({names})" for k in METRICS) + " |"
-    lines = [head, "|" + "---|" * (len(METRICS) + 1)]
+    header = "| method | " + " | ".join(f"{k} ({names})" for k in METRICS) + " |"
+    lines = [header, "|" + "---|" * (len(METRICS) + 1)]
     for method in methods:
         cells = []
         for key in METRICS:
