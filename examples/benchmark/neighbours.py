@@ -49,6 +49,11 @@ def labels(head: str) -> tuple[str, str]:
     return f"{head} (default refit)", f"{head} + neighbours"
 
 
+def output_name(head: str) -> str:
+    """The stem of the tool's files in ``OUT/<framework>/`` for ``head``."""
+    return "neighbours" if head == "e2ip" else f"neighbours_{head}"
+
+
 def run_dirs(out: Path, framework: str, head: str = "e2ip") -> list[Path]:
     """The ``head`` model folder of every run of ``out/<framework>``, first run first."""
     models = out / framework / "models"
@@ -121,8 +126,9 @@ def main(argv=None) -> int:
         "runs": [str(d) for d in dirs],
         "metrics": runs,
     }
-    name = "neighbours" if args.head == "e2ip" else f"neighbours_{args.head}"
-    common.write_tool_outputs(args.out / args.framework, name, result, markdown(runs, args.head))
+    common.write_tool_outputs(
+        args.out / args.framework, output_name(args.head), result, markdown(runs, args.head)
+    )
     return 0
 
 

@@ -92,7 +92,7 @@ def test_neighbours_refits_every_runs_head_and_evaluates_both(bench, head):
 
     argv = ["--framework", FRAMEWORK, "--out", str(bench["out"]), "--neighbours", "8"]
     assert neighbours.main([*argv, "--head", head]) == 0
-    name = "neighbours" if head == "e2ip" else f"neighbours_{head}"
+    name = neighbours.output_name(head)
     written = json.loads((bench["out"] / FRAMEWORK / f"{name}.json").read_text())
     assert written["head"] == head and written["neighbours"] == 8
     assert len(written["runs"]) == len(written["metrics"]) >= 1
