@@ -17,7 +17,7 @@ import json
 import logging
 import sys
 
-from ..calibration import RECALIBRATION_CHOICES, CalibrationSettings
+from ..calibration import DEFAULT_NEIGHBOURS, RECALIBRATION_CHOICES, CalibrationSettings
 from ..core.config import GEOMETRIC_FEATURES, HEAD_KINDS
 from ..core.feature_density import DEFAULT_POWER, DEFAULT_STRENGTH
 from ..frameworks import require_framework
@@ -110,11 +110,12 @@ def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--density_neighbours",
         type=int,
-        default=0,
+        default=None,
         metavar="M",
         help="also measure the distance to the nearest training atoms of the element (a "
         "random sample of up to M per element is stored in the model; r^2 is then the mean of "
-        "the Gaussian and the neighbour distance); 0: the Gaussian distance only",
+        f"the Gaussian and the neighbour distance); default {DEFAULT_NEIGHBOURS} (0 without "
+        "the feature statistics); 0: the Gaussian distance only",
     )
     p.add_argument(
         "--no_output_range",

@@ -3,6 +3,7 @@
 and ``eip-attach``)."""
 
 from .fit import (
+    DEFAULT_NEIGHBOURS,
     RECALIBRATION_CHOICES,
     CalibrationSettings,
     calibrate_head,
@@ -12,6 +13,7 @@ from .fit import (
 )
 
 __all__ = [
+    "DEFAULT_NEIGHBOURS",
     "RECALIBRATION_CHOICES",
     "CalibrationSettings",
     "calibrate_head",

@@ -40,6 +40,10 @@ from ..core.recalibration import OBJECTIVES, fit_variance_scale
 log = logging.getLogger(__name__)
 
 RECALIBRATION_CHOICES = (*OBJECTIVES, "none")
+#: training atoms kept per element for the neighbour distance unless told otherwise (with the
+#: feature statistics on): every atom of a training set of up to this many per element, a uniform
+#: random sample of a larger one
+DEFAULT_NEIGHBOURS = 4096
 
 
 @dataclass
@@ -57,7 +61,9 @@ class CalibrationSettings:
             clamp them to it (bounded extrapolation); ``False`` lets them extrapolate.
         neighbours: keep up to this many training atoms per element (a uniform random sample)
             and add their soft nearest-neighbour distance to the Gaussian one
-            (:mod:`eip_plugins.core.neighbour_distance`); 0 (default): the Gaussian distance only.
+            (:mod:`eip_plugins.core.neighbour_distance`); 0: the Gaussian distance only;
+            ``None`` (default): :data:`DEFAULT_NEIGHBOURS` with the feature statistics, 0
+            without them.
     """
 
     density: bool = True
@@ -66,9 +72,11 @@ class CalibrationSettings:
     recalibrate: str = "nll"
     shrinkage: float = DEFAULT_SHRINKAGE
     output_range: bool = True
-    neighbours: int = 0
+    neighbours: int | None = None
 
     def __post_init__(self) -> None:
+        if self.neighbours is None:
+            self.neighbours = DEFAULT_NEIGHBOURS if self.density else 0
         if self.recalibrate not in RECALIBRATION_CHOICES:
             raise ValueError(
                 f"invalid recalibrate={self.recalibrate!r}: one of {RECALIBRATION_CHOICES}"

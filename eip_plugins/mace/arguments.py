@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..calibration import RECALIBRATION_CHOICES, CalibrationSettings
+from ..calibration import DEFAULT_NEIGHBOURS, RECALIBRATION_CHOICES, CalibrationSettings
 from ..core.config import (
     DEFAULT_LAMBDA,
     FORCE_OBJECTIVES,
@@ -146,10 +146,10 @@ def add_head_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     group.add_argument(
         "--eip_density_neighbours",
         type=int,
-        default=0,
+        default=None,
         help="after training, also store a random sample of up to this many training atoms per "
-        "element and add the distance to the nearest of them to the feature distance (0: the "
-        "Gaussian distance only)",
+        f"element and add the distance to the nearest of them to the feature distance (default "
+        f"{DEFAULT_NEIGHBOURS} with the feature statistics; 0: the Gaussian distance only)",
     )
     group.add_argument(
         "--eip_output_range",
@@ -178,6 +178,10 @@ def _str2bool(value: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected True or False, got {value!r}")
 
 
+def _optional_int(value) -> int | None:
+    return None if value is None else int(value)
+
+
 def calibration_settings_from_args(args) -> CalibrationSettings:
     """What is fitted at the end of a ``--head`` run (``--eip_density_statistics``,
     ``--eip_density_strength``, ``--eip_density_power``, ``--eip_density_neighbours``,
@@ -190,7 +194,7 @@ def calibration_settings_from_args(args) -> CalibrationSettings:
             power=float(getattr(args, "eip_density_power", DEFAULT_POWER)),
             recalibrate=getattr(args, "eip_recalibrate", "nll"),
             output_range=bool(getattr(args, "eip_output_range", True)),
-            neighbours=int(getattr(args, "eip_density_neighbours", 0)),
+            neighbours=_optional_int(getattr(args, "eip_density_neighbours", None)),
         )
     except ValueError as err:
         text = str(err)

@@ -81,7 +81,7 @@ class UncertaintyCalibration(Callback):
             (``False``: the head extrapolates them out of distribution).
         neighbours: also store a random sample of up to this many training atoms per type and
             add the distance to the nearest of them to the feature distance (0: the Gaussian
-            distance only).
+            distance only; default ``null``: 4096 with ``density``, 0 without).
 
     Usage (``trainer.callbacks`` of the config)::
 
@@ -90,7 +90,7 @@ class UncertaintyCalibration(Callback):
           power: 2.0            # evidence factor 1 / (1 + strength * r^(2 power))
           recalibrate: nll      # nll | ce | none
           output_range: true    # learned outputs bounded by their training range
-          neighbours: 0         # > 0: plus the distance to the nearest training atoms
+          neighbours: 4096      # training atoms per type for the neighbour distance (0: off)
     """
 
     def __init__(
@@ -101,7 +101,7 @@ class UncertaintyCalibration(Callback):
         recalibrate: str = "nll",
         shrinkage: float = DEFAULT_SHRINKAGE,
         output_range: bool = True,
-        neighbours: int = 0,
+        neighbours: int | None = None,
     ):
         super().__init__()
         for name, value in (("density", density), ("output_range", output_range)):
@@ -117,7 +117,7 @@ class UncertaintyCalibration(Callback):
                 recalibrate=recalibrate,
                 shrinkage=float(shrinkage),
                 output_range=bool(output_range),
-                neighbours=_whole_number("neighbours", neighbours),
+                neighbours=None if neighbours is None else _whole_number("neighbours", neighbours),
             )
         except ValueError as err:
             raise ValueError(f"UncertaintyCalibration: {err}") from None

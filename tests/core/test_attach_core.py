@@ -101,6 +101,10 @@ def test_calibrate_head_fits_statistics_and_scale_and_reports_before_after():
     head.covariance.set_psi0(initial_psi0(train))
     report = calibrate_head(head, train, valid, CalibrationSettings(recalibrate="nll"))
     assert report["statistics"]["atoms_per_species"] == [24 * 8]
+    # the default stores every training atom (fewer than DEFAULT_NEIGHBOURS) for the neighbour
+    # distance
+    assert report["statistics"]["neighbours_per_species"] == [24 * 8]
+    assert head.density.has_neighbours
     assert head.density.fitted and float(head.variance_scale.scale) == report["variance_scale"]
     # "before" is the head without statistics and scale; the scale is the validation NLL optimum
     head.variance_scale.set(1.1 * report["variance_scale"])

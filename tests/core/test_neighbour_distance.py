@@ -325,8 +325,13 @@ def test_calibration_fits_the_bank_and_refuses_bad_settings():
     assert report["statistics"]["neighbours_per_species"] == [40, 40]
     assert head.density.bank.shape == (80, head.density.dim)
     assert float(head.density.neighbour_weight) == 0.5
-    calibrate_head(head, chunks, None, CalibrationSettings())  # refit without: the bank goes
+    calibrate_head(head, chunks, None, CalibrationSettings(neighbours=0))  # refit without
     assert not head.density.has_neighbours
+    # the default keeps up to DEFAULT_NEIGHBOURS per element: here every training atom
+    report = calibrate_head(head, chunks, None, CalibrationSettings())
+    assert report["statistics"]["neighbours_per_species"] == torch.bincount(species).tolist()
+    assert head.density.has_neighbours
+    assert CalibrationSettings(density=False).neighbours == 0
     with pytest.raises(ValueError, match="neighbours=1"):
         CalibrationSettings(neighbours=1)
     with pytest.raises(ValueError, match="need the feature statistics"):

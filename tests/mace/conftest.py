@@ -35,9 +35,17 @@ def data(tmp_path_factory) -> dict:
 
 HEAD_RUNS = {  # head: (epochs, extra flags)
     "e2ip": (5, ["--ema", "--ema_decay=0.9"]),
-    # the SPEC §1c form of the evidence factor, the CE objective of the recalibration and the
-    # papers' force objective (the evidential NLL trains the model)
-    "eip": (5, ["--eip_density_power=1", "--eip_recalibrate=ce", "--eip_force_objective=nll"]),
+    # the SPEC §1c form of the evidence factor, the CE objective of the recalibration, the
+    # Gaussian distance alone and the papers' force objective (the evidential NLL trains the model)
+    "eip": (
+        5,
+        [
+            "--eip_density_power=1",
+            "--eip_recalibrate=ce",
+            "--eip_density_neighbours=0",
+            "--eip_force_objective=nll",
+        ],
+    ),
     "mve": (3, ["--swa", "--start_swa=2"]),  # stage two (SWA) from epoch 2 of 3
 }
 

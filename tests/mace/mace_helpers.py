@@ -132,3 +132,16 @@ def log_text(workdir: Path, name: str, seed: int = 3) -> str:
 def results(stdout: str) -> list[str]:
     """Lines a subprocess printed with ``print("@@", ...)`` (MACE prints to stdout as well)."""
     return [line[3:] for line in stdout.splitlines() if line.startswith("@@ ")]
+
+
+def feature_distances(model_path, frames):
+    """The model's per-atom feature distance r over ``frames``, (sum of atoms,), float64."""
+    import numpy as np
+
+    from eip_plugins.core import keys
+    from eip_plugins.mace import MACEUQCalculator
+
+    calc = MACEUQCalculator(model_paths=str(model_path), default_dtype="float64")
+    return np.concatenate(
+        [calc.get_property(keys.FORCES_FEATURE_DISTANCE, atoms.copy()) for atoms in frames]
+    )

@@ -12,7 +12,7 @@ import ase.io
 import numpy as np
 import pytest
 import torch
-from mace_helpers import BIN, run_cli
+from mace_helpers import BIN, feature_distances, run_cli
 
 from eip_plugins.core import keys
 from eip_plugins.evaluation import collect_predictions
@@ -32,13 +32,6 @@ def _sha(path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def _distances(model_path, frames) -> np.ndarray:
-    calc = MACEUQCalculator(model_paths=str(model_path), default_dtype="float64")
-    return np.concatenate(
-        [calc.get_property(keys.FORCES_FEATURE_DISTANCE, atoms.copy()) for atoms in frames]
-    )
-
-
 @pytest.mark.parametrize("head", ["e2ip", "eip", "mve"])
 def test_trained_models_are_calibrated_on_their_training_set(request, data, head):
     run = request.getfixturevalue(f"{head}_run")
@@ -50,23 +43,32 @@ def test_trained_models_are_calibrated_on_their_training_set(request, data, head
     assert counts == [float((numbers == z).sum()) for z in z_table]
     assert float(model.head.variance_scale.scale) != 1.0
     assert re.search(r"uncertainty calibration: statistics .* c = ", run["log"])
+    # every training atom is stored for the neighbour distance by default (fewer than 4096 per
+    # element); eip was trained with --eip_density_neighbours=0
+    density = model.head.density
+    assert density.has_neighbours == (head != "eip")
+    if density.has_neighbours:
+        stored = torch.bincount(density.bank_species, minlength=len(z_table)).tolist()
+        assert stored == [int(c) for c in counts]
     # r is normalised to an RMS of 1 over the training atoms of each element (the statistics
-    # come from the float32 training model, this evaluation is float64)
-    r = _distances(run["model"], train_frames)
+    # come from the float32 training model, this evaluation is float64); a stored atom's own
+    # neighbour distance is 0, so with the bank r^2 is (1 - w) times its Gaussian distance
+    expected = np.sqrt(1.0 - float(density.neighbour_weight)) if density.has_neighbours else 1.0
+    r = feature_distances(run["model"], train_frames)
     for z in z_table:
-        assert np.sqrt(np.mean(r[numbers == z] ** 2)) == pytest.approx(1.0, abs=2e-3)
+        assert np.sqrt(np.mean(r[numbers == z] ** 2)) == pytest.approx(expected, abs=2e-3)
     assert float(model.head.density.power) == (1.0 if head == "eip" else 2.0)
 
 
 def test_distance_grows_out_of_distribution(e2ip_run, data):
-    cold = _distances(e2ip_run["model"], ase.io.read(data["test_300K"], ":20"))
-    hot = _distances(e2ip_run["model"], ase.io.read(data["test_1200K"], ":20"))
+    cold = feature_distances(e2ip_run["model"], ase.io.read(data["test_300K"], ":20"))
+    hot = feature_distances(e2ip_run["model"], ase.io.read(data["test_1200K"], ":20"))
     assert hot.mean() > 1.2 * cold.mean()
 
 
 def test_eval_configs_and_compiled_model_carry_the_distance(e2ip_run, mve_run, data):
     frames = e2ip_run["test_300K"]
-    reference = _distances(e2ip_run["model"], ase.io.read(data["test_300K"], ":"))
+    reference = feature_distances(e2ip_run["model"], ase.io.read(data["test_300K"], ":"))
     written = np.concatenate([a.arrays["MACE_forces_feature_distance"] for a in frames])
     np.testing.assert_allclose(written, reference, rtol=1e-3, atol=1e-4)  # float32 evaluation
     for atoms in frames:
@@ -105,10 +107,18 @@ def test_eip_calibrate_reproduces_the_end_of_training_fit(e2ip_run, data, tmp_pa
     assert trained.output_range.fitted  # by mace_run_train, after training
     for module in ("density", "output_range"):
         for name, buf in getattr(trained, module).named_buffers():
+            if name in ("bank", "bank_species", "bank_local_scale"):  # in the order read
+                continue
             again_buf = getattr(getattr(again, module), name)
             torch.testing.assert_close(again_buf, buf, rtol=2e-4, atol=1e-5, msg=name)
     torch.testing.assert_close(
         again.variance_scale.scale, trained.variance_scale.scale, rtol=1e-3, atol=0
+    )
+    # the same stored atoms (all of them) give the same distances
+    assert trained.density.bank.shape == again.density.bank.shape
+    frames = ase.io.read(data["test_1200K"], ":3")
+    np.testing.assert_allclose(
+        feature_distances(out, frames), feature_distances(e2ip_run["model"], frames), rtol=1e-3
     )
     # switched off: no distance, no range, c = 1, the head exactly as trained
     off = tmp_path / "off.model"
@@ -118,8 +128,7 @@ def test_eip_calibrate_reproduces_the_end_of_training_fit(e2ip_run, data, tmp_pa
         data["valid"], "--output", off, "--no_density", "--no_output_range", "--recalibrate",
         "none",
     )  # fmt: skip
-    frames = ase.io.read(data["test_1200K"], ":3")
-    assert np.all(_distances(off, frames) == 0.0)
+    assert np.all(feature_distances(off, frames) == 0.0)
     head = _load(off).head
     assert not head.density.fitted and float(head.variance_scale.scale) == 1.0
     assert not head.output_range.fitted
@@ -185,16 +194,33 @@ def test_eip_calibrate_with_neighbours(e2ip_run, data, tmp_path):
     assert density.has_neighbours and float(density.neighbour_weight) == 0.5
     assert torch.bincount(density.bank_species).tolist() == [50] * len(density.bank_temperature)
     frames = ase.io.read(data["test_1200K"], ":3")
-    r_near = _distances(out, frames)  # TorchScript head
+    r_near = feature_distances(out, frames)  # TorchScript head
     eager = MACEUQCalculator(model_paths=str(out), default_dtype="float64", torchscript_head=False)
     r_eager = np.concatenate(
         [eager.get_property(keys.FORCES_FEATURE_DISTANCE, a.copy()) for a in frames]
     )
     np.testing.assert_allclose(r_near, r_eager, rtol=1e-10)
-    assert not np.allclose(r_near, _distances(e2ip_run["model"], frames))
+    assert not np.allclose(r_near, feature_distances(e2ip_run["model"], frames))
     # the whole model compiled as mace_run_train writes its `_compiled.model` (e3nn's jit)
     from e3nn.util import jit
 
     compiled = tmp_path / "neighbours_compiled.model"
     torch.jit.save(jit.compile(_load(out)), str(compiled))
-    np.testing.assert_allclose(_distances(compiled, frames), r_eager, rtol=1e-10)
+    np.testing.assert_allclose(feature_distances(compiled, frames), r_eager, rtol=1e-10)
+
+
+def test_calibration_flags_store_training_atoms_by_default():
+    """``--eip_density_neighbours``: 4096 stored training atoms per element by default, none
+    without the feature statistics or with 0; asking for them without the statistics names the
+    flag."""
+    from argparse import Namespace
+
+    from eip_plugins.mace.arguments import HeadArgumentError, calibration_settings_from_args
+
+    assert calibration_settings_from_args(Namespace()).neighbours == 4096
+    off = Namespace(eip_density_statistics=False)
+    assert calibration_settings_from_args(off).neighbours == 0
+    assert calibration_settings_from_args(Namespace(eip_density_neighbours=0)).neighbours == 0
+    both = Namespace(eip_density_statistics=False, eip_density_neighbours=64)
+    with pytest.raises(HeadArgumentError, match="--eip_density_neighbours: .*feature statistics"):
+        calibration_settings_from_args(both)

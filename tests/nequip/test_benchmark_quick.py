@@ -80,8 +80,8 @@ def test_backbone_variants_train_the_same_size_of_model(tmp_path):
 @pytest.mark.parametrize("head", ["e2ip", "eip"])
 def test_neighbours_refits_every_runs_head_and_evaluates_both(bench, head):
     """``python -m examples.benchmark.neighbours [--head eip]``: eip-calibrate
-    --density_neighbours of the run's head model, evaluated beside its default refit with the
-    benchmark's metrics."""
+    --density_neighbours M and 0 of the run's head model, both evaluated with the benchmark's
+    metrics."""
     import json
 
     import numpy as np
@@ -104,8 +104,8 @@ def test_neighbours_refits_every_runs_head_and_evaluates_both(bench, head):
     model_dir = Path(written["runs"][0])
     assert model_dir.name == head
     banked = head_of(load_original(model_dir / "best_neighbours.ckpt")).density
-    default = head_of(load_original(model_dir / "best_recalibrated.ckpt")).density
-    assert banked.bank.shape[0] > 0 and default.bank.shape[0] == 0
+    gaussian = head_of(load_original(model_dir / "best_gaussian.ckpt")).density
+    assert banked.bank.shape[0] > 0 and gaussian.bank.shape[0] == 0
     assert f"{head} + neighbours" in (bench["out"] / FRAMEWORK / f"{name}.md").read_text()
 
 

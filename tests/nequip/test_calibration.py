@@ -15,6 +15,7 @@ import pytest
 import torch
 from nequip_helpers import BIN, DATA, run_cli
 
+from eip_plugins.calibration import DEFAULT_NEIGHBOURS
 from eip_plugins.core import keys
 from eip_plugins.evaluation import collect_predictions
 from eip_plugins.nequip import NequIPUQCalculator, UncertaintyCalibration
@@ -55,13 +56,19 @@ def test_checkpoints_are_calibrated_when_training_ends(runs, head):
         counts = [float((numbers == ase.data.atomic_numbers[t]).sum()) for t in TYPES]
         assert state["density.count"].tolist() == counts, name
         assert float(state["variance_scale.scale"]) != 1.0
-    # r has an RMS of 1 over the training atoms of each type (the model is float32)
+    # r has an RMS of 1 over the training atoms of each type (the model is float32); by default
+    # every training atom is stored for the neighbour distance, and a stored atom's own
+    # neighbour distance is 0: r^2 is then (1 - w) times its Gaussian distance
+    state = _head_state(run_dir / "best.ckpt")
+    stored = torch.bincount(state["density.bank_species"], minlength=len(TYPES)).tolist()
+    assert stored == [int(c) for c in counts]
+    expected = np.sqrt(1.0 - float(state["density.neighbour_weight"]))
     calc = NequIPUQCalculator.from_saved_model(run_dir / "best.ckpt")
     r = _distances(calc, frames[:100])
     sub = numbers[: len(r)]
     for t in TYPES:
         rms = np.sqrt(np.mean(r[sub == ase.data.atomic_numbers[t]] ** 2))
-        assert rms == pytest.approx(1.0, abs=0.1)  # a third of the training set
+        assert rms == pytest.approx(expected, abs=0.1)  # a third of the training set
 
 
 def _calibrate(cwd, *args, check=True):
@@ -81,14 +88,22 @@ def test_eip_calibrate_refits_a_checkpoint(runs, tmp_path):
     trained, again = _head_state(best), _head_state(out)
     assert "output_range.upper" in trained and (trained["output_range.upper"] < 1e29).all()
     for key, value in trained.items():  # the same data as nequip-train: the same fit
+        if key in ("density.bank", "density.bank_species", "density.bank_local_scale"):
+            continue  # the stored training atoms, in the order read: compared by their distances
         torch.testing.assert_close(again[key], value, rtol=2e-4, atol=1e-5)
+    assert again["density.bank"].shape == trained["density.bank"].shape
+    frames = ase.io.read(DATA / "ethanol_test_1200K.xyz", ":3")
+    np.testing.assert_allclose(
+        _distances(NequIPUQCalculator.from_saved_model(out), frames),
+        _distances(NequIPUQCalculator.from_saved_model(best), frames),
+        rtol=1e-3,
+    )
     off = tmp_path / "off.ckpt"
     _calibrate(
         tmp_path,
         "--model", best, "--train_file", DATA / "ethanol_train.xyz", "--output", off,
         "--no_density", "--no_output_range", "--recalibrate", "none",
     )  # fmt: skip
-    frames = ase.io.read(DATA / "ethanol_test_1200K.xyz", ":3")
     assert np.all(_distances(NequIPUQCalculator.from_saved_model(off), frames) == 0.0)
     assert (_head_state(off)["output_range.upper"] == 1e30).all()
 
@@ -155,19 +170,31 @@ def test_callback_arguments_are_validated():
     for key in ("density", "output_range"):  # a string in the config is not read as a bool
         with pytest.raises(ValueError, match=f"invalid {key}='false': must be true or false"):
             UncertaintyCalibration(**{key: "false"})
+    # stored training atoms by default, none without the feature statistics they are measured in
+    assert UncertaintyCalibration().settings.neighbours == DEFAULT_NEIGHBOURS == 4096
+    assert UncertaintyCalibration(density=False).settings.neighbours == 0
+    assert UncertaintyCalibration(neighbours=0).settings.neighbours == 0
+    with pytest.raises(ValueError, match="neighbours need the feature statistics"):
+        UncertaintyCalibration(density=False, neighbours=64)
 
 
 def test_eip_calibrate_with_neighbours_stores_a_bank_the_checkpoint_loads(runs, tmp_path):
     best = runs.trained("e2ip") / "best.ckpt"
     common = ["--model", best, "--train_file", DATA / "ethanol_train.xyz"]
     plain, near = tmp_path / "gaussian.ckpt", tmp_path / "neighbours.ckpt"
-    _calibrate(tmp_path, *common, "--output", plain)
+    _calibrate(tmp_path, *common, "--output", plain, "--density_neighbours", "0")
     _calibrate(tmp_path, *common, "--output", near, "--density_neighbours", "64")
     state = _head_state(near)
     counts = torch.bincount(state["density.bank_species"], minlength=len(TYPES))
     assert state["density.bank"].shape[0] == int(counts.sum()) and (counts == 64).all()
     assert float(state["density.neighbour_weight"]) == 0.5
     assert "density.bank" in _head_state(plain) and _head_state(plain)["density.bank"].numel() == 0
+    # by default every training atom is stored (fewer than 4096 per type here)
+    default = tmp_path / "default.ckpt"
+    _calibrate(tmp_path, *common, "--output", default)
+    stored = torch.bincount(_head_state(default)["density.bank_species"], minlength=len(TYPES))
+    numbers = np.concatenate([a.numbers for a in ase.io.read(DATA / "ethanol_train.xyz", ":")])
+    assert stored.tolist() == [int((numbers == ase.data.atomic_numbers[t]).sum()) for t in TYPES]
     frames = ase.io.read(DATA / "ethanol_test_1200K.xyz", ":3")
     # the checkpoint builds a model without a bank and loads B = 3 x 64 stored atoms into it
     calc, calc_eager = (
