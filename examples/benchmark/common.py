@@ -693,6 +693,9 @@ CALIBRATION_VARIANTS = {
     "e2ip_p1": ["--density_power=1"],  # SPEC §1c's form: variance x (1 + r^2)
     "e2ip_ce": ["--recalibrate=ce"],  # the scale fitted on CE instead of NLL
     "e2ip_unbounded": ["--no_output_range"],  # the learned outputs extrapolate (before 2026-12-01)
+    # the per-element Gaussian distance alone, without the stored training atoms (the default
+    # before 2026-12-07)
+    "e2ip_gaussian": ["--density_neighbours=0"],
 }
 
 

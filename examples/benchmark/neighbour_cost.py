@@ -1,4 +1,4 @@
-"""What the optional neighbour distance (``--density_neighbours``) costs per call, alone.
+"""What the neighbour distance (``--density_neighbours``) costs per call, alone.
 
 The bank is built as the calibration builds it (:class:`~eip_plugins.core.neighbour_distance.
 NeighbourSample` and :func:`~eip_plugins.core.neighbour_distance.fit_neighbours` on Gaussian

@@ -1,11 +1,13 @@
-"""The optional neighbour distance (``--density_neighbours``) on a finished benchmark run.
+"""The neighbour distance (``--density_neighbours``) against the Gaussian distance alone, on a
+finished benchmark run.
 
 For every run (the first, ``seed1``, ``seed2`` ...) of one framework's benchmark output, the
-trained e2ip model (``--head eip``: the eip model) is refitted by ``eip-calibrate <framework>
---density_neighbours M`` (default settings otherwise, written beside it as
-``<stem>_neighbours<suffix>``; reused when present) and evaluated with the benchmark's metrics
-next to its default refit (``<stem>_recalibrated``, which ``--recalibrate`` writes). Nothing is
-retrained.
+trained e2ip model (``--head eip``: the eip model) is refitted twice by ``eip-calibrate
+<framework>`` (default settings otherwise, written beside it; reused when present):
+``--density_neighbours M`` (``<stem>_neighbours<suffix>``; the default calibration stores
+M = 4096) and ``--density_neighbours 0`` (``<stem>_gaussian<suffix>``: the per-element Gaussian
+distance alone, the default before 2026-12-07), and both are evaluated with the benchmark's
+metrics. Nothing is retrained.
 
     .venv-nequip/bin/python -m examples.benchmark.neighbours --framework nequip --out benchmark_out
     .venv-mace/bin/python -m examples.benchmark.neighbours --framework mace --out benchmark_out
@@ -45,8 +47,9 @@ HEADS = ("e2ip", "eip")
 
 
 def labels(head: str) -> tuple[str, str]:
-    """The two methods' names in the tables: the default refit, then the neighbour distance."""
-    return f"{head} (default refit)", f"{head} + neighbours"
+    """The two methods' names in the tables: the Gaussian distance alone, then with the
+    neighbour distance."""
+    return f"{head}, Gaussian distance only", f"{head} + neighbours"
 
 
 def output_name(head: str) -> str:
@@ -67,9 +70,13 @@ def evaluate_run(
     """Metrics (method -> split -> name) of one run's ``head`` model with and without stored
     neighbours."""
     model = part.trained_model(workdir)
-    default = model.with_name(f"{model.stem}_recalibrated{part.MODEL_SUFFIX}")
+    default = model.with_name(f"{model.stem}_gaussian{part.MODEL_SUFFIX}")
     target = model.with_name(f"{model.stem}_neighbours{part.MODEL_SUFFIX}")
-    for path, flags in ((default, []), (target, [f"--density_neighbours={neighbours}"])):
+    refits = (
+        (default, ["--density_neighbours=0"]),
+        (target, [f"--density_neighbours={neighbours}"]),
+    )
+    for path, flags in refits:
         if not path.exists():
             log = path.with_suffix(".log")
             LOG.info("%s: eip-calibrate %s %s -> %s", framework, model, flags, path.name)

@@ -23,6 +23,7 @@ METHOD_ORDER = (
     "e2ip_p1",
     "e2ip_ce",
     "e2ip_unbounded",
+    "e2ip_gaussian",
     "mve_density",
 )
 METHOD_LABEL = {
@@ -38,6 +39,7 @@ METHOD_LABEL = {
     "e2ip_p1": "e2ip, density p = 1",
     "e2ip_ce": "e2ip, c fitted on CE",
     "e2ip_unbounded": "e2ip, outputs unbounded",
+    "e2ip_gaussian": "e2ip, Gaussian distance only",
     "mve_density": "mve × (1 + r⁴)",
 }
 # what issue 11 asks of e2ip (trained and attached) against the deep ensemble
