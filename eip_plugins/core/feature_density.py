@@ -51,8 +51,9 @@ DEFAULT_STRENGTH = 1.0
 DEFAULT_POWER = 2.0
 #: the weight of the neighbour distance in r^2 when a neighbour bank is fitted
 NEIGHBOUR_WEIGHT = 0.5
-#: the buffers with one row per stored atom (B), kept in the same order
-_BANK_ROWS = ("bank", "bank_species", "bank_local_scale")
+#: the buffers with one row per stored atom (B), kept in the same order: the order the training
+#: atoms were read in, so two fits of the same data may differ in it
+BANK_ROWS = ("bank", "bank_species", "bank_local_scale")
 #: r^2 beyond this counts as this (r = 10^6)
 MAX_DISTANCE_SQ = 1.0e12
 #: the epistemic variance grows by this factor at most (sigma_epistemic by 10^6)
@@ -228,7 +229,7 @@ class FeatureDensity(nn.Module):
         species = self._buffers["bank_species"]
         if species.numel() > 1 and bool((species[1:] < species[:-1]).any()):
             order = torch.sort(species, stable=True).indices
-            for name in _BANK_ROWS:
+            for name in BANK_ROWS:
                 self._buffers[name] = self._buffers[name][order].contiguous()
         self.bank_offsets = element_offsets(self._buffers["bank_species"], self.num_species)
 
@@ -361,7 +362,7 @@ class FeatureDensity(nn.Module):
         defaults = {"strength": DEFAULT_STRENGTH, "power": DEFAULT_POWER, "bank_local_scale": 1.0}
         saved_bank = state_dict.get(prefix + "bank")
         rows = saved_bank.shape[0] if saved_bank is not None else 0
-        for name in _BANK_ROWS:  # B is the saved model's (0 if saved without)
+        for name in BANK_ROWS:  # B is the saved model's (0 if saved without)
             like = self._buffers[name]
             shape = (rows, *like.shape[1:])
             if tuple(like.shape) != shape:

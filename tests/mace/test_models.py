@@ -16,6 +16,7 @@ from mace_helpers import cli_env, feature_distances, log_text, train
 
 from eip_plugins.core import evidential_total_loss, keys
 from eip_plugins.core._e3nn import o3
+from eip_plugins.core.feature_density import BANK_ROWS
 from eip_plugins.mace import EvidentialLoss, MACEUQCalculator
 from eip_plugins.mace.model import head_config_of
 
@@ -286,7 +287,7 @@ def test_restart_latest_restores_head(e2ip_run, data, tmp_path):
     trained = _load(e2ip_run["model"]).head.state_dict()
     restored = _load(workdir / "e2ip.model").head.state_dict()
     for key in trained:  # no further epoch: the saved head is the checkpoint's
-        if key in ("density.bank", "density.bank_species", "density.bank_local_scale"):
+        if key in {f"density.{name}" for name in BANK_ROWS}:
             continue  # the stored training atoms, in the order read: compared by their distances
         if key.startswith(("density.", "variance_scale.")):
             # refitted at the end of the restarted run on the same data (loader order differs)
