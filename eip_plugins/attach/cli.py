@@ -19,7 +19,7 @@ import sys
 
 from ..calibration import DEFAULT_NEIGHBOURS, RECALIBRATION_CHOICES, CalibrationSettings
 from ..core.config import GEOMETRIC_FEATURES, HEAD_KINDS
-from ..core.feature_density import DEFAULT_POWER, DEFAULT_STRENGTH
+from ..core.feature_density import DEFAULT_FORCE_PRIOR, DEFAULT_POWER, DEFAULT_STRENGTH
 from ..frameworks import require_framework
 from .labelled_data import AttachError
 
@@ -87,7 +87,7 @@ def add_energy_key_argument(p: argparse.ArgumentParser) -> None:
 
 def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
     """``--no_density``, ``--density_strength``, ``--density_power``, ``--density_neighbours``,
-    ``--no_output_range``, ``--recalibrate`` (shared with ``eip-calibrate``)."""
+    ``--force_prior``, ``--no_output_range``, ``--recalibrate`` (shared with ``eip-calibrate``)."""
     p.add_argument(
         "--no_density",
         action="store_true",
@@ -118,6 +118,15 @@ def add_calibration_arguments(p: argparse.ArgumentParser) -> None:
         "the feature statistics); 0: the Gaussian distance only",
     )
     p.add_argument(
+        "--force_prior",
+        type=float,
+        default=DEFAULT_FORCE_PRIOR,
+        metavar="K",
+        help="fit each element's RMS reference force component on --train_file: far out of "
+        "distribution sigma levels off at K times it instead of growing without end (default "
+        f"{DEFAULT_FORCE_PRIOR:g}; 0: unbounded)",
+    )
+    p.add_argument(
         "--no_output_range",
         action="store_true",
         help="do not clamp the head's learned outputs to their range over the training atoms "
@@ -139,6 +148,7 @@ def calibration_settings(args) -> CalibrationSettings:
         recalibrate=args.recalibrate,
         output_range=not args.no_output_range,
         neighbours=args.density_neighbours,
+        force_prior=args.force_prior,
     )
 
 

@@ -6,11 +6,13 @@ call :func:`calibrate_head`:
 
 1. one pass without gradients over the *training* chunks accumulates per-species mean and
    covariance of the head's invariant descriptors (:class:`~eip_plugins.core.FeatureStatistics`)
-   and stores them in ``head.density``, and the per-species range of the head's learned outputs
+   and stores them in ``head.density``, the per-species range of the head's learned outputs
    (:class:`~eip_plugins.core.output_range.OutputRangeStatistics`), stored in
-   ``head.output_range``;
+   ``head.output_range``, and the per-species mean squared reference force;
 2. one pass over the *validation* chunks gives the head's parameters with the new statistics and
-   c = 1; the scale c that minimises their NLL (or CE) is stored in ``head.variance_scale``.
+   c = 1; the scale c that minimises their NLL (or CE) is stored in ``head.variance_scale``;
+3. the force prior (``head.density.prior_variance``), which bounds the recalibrated epistemic
+   variance in absolute units, is stored last.
 
 Both are buffers of the model: every save / compile / package path carries them.
 """
@@ -18,6 +20,7 @@ Both are buffers of the model: every save / compile / package path carries them.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -26,6 +29,7 @@ import torch
 from torch import nn
 
 from ..core.feature_density import (
+    DEFAULT_FORCE_PRIOR,
     DEFAULT_POWER,
     DEFAULT_SHRINKAGE,
     DEFAULT_STRENGTH,
@@ -64,6 +68,9 @@ class CalibrationSettings:
             (:mod:`eip_plugins.core.neighbour_distance`); 0: the Gaussian distance only;
             ``None`` (default): :data:`DEFAULT_NEIGHBOURS` with the feature statistics, 0
             without them.
+        force_prior: k >= 0: fit the mean squared reference force component of each element's
+            training atoms, so that sigma_epistemic levels off at k times its square root
+            (:mod:`eip_plugins.core.feature_density`); 0: unbounded growth.
     """
 
     density: bool = True
@@ -73,6 +80,7 @@ class CalibrationSettings:
     shrinkage: float = DEFAULT_SHRINKAGE
     output_range: bool = True
     neighbours: int | None = None
+    force_prior: float = DEFAULT_FORCE_PRIOR
 
     def __post_init__(self) -> None:
         if self.neighbours is None:
@@ -91,6 +99,11 @@ class CalibrationSettings:
             raise ValueError(
                 f"invalid density neighbours={self.neighbours!r}: 0 (off) or the training atoms "
                 "kept per element, >= 2"
+            )
+        if not (math.isfinite(self.force_prior) and self.force_prior >= 0.0):
+            raise ValueError(
+                f"invalid force prior={self.force_prior!r}: a multiple of the RMS training force "
+                ">= 0 (0: off)"
             )
         if self.neighbours and not self.density:
             raise ValueError("density neighbours need the feature statistics (density on)")
@@ -137,14 +150,18 @@ def fit_training_statistics(
     density: bool,
     output_range: bool,
     neighbours: int = 0,
+    force_prior: bool = False,
 ) -> dict:
     """One pass over the training ``chunks``: the per-species statistics of ``head``'s
     descriptors (``density``), with ``neighbours`` > 0 a sample of up to that many descriptors
-    per species for the neighbour distance, and the per-species range of its learned outputs
-    (``output_range``), stored in the head.
+    per species for the neighbour distance, the per-species range of its learned outputs
+    (``output_range``), stored in the head, and with ``force_prior`` the per-species mean
+    squared reference force component, returned (not stored: :func:`calibrate_head` stores the
+    force prior after the recalibration scale).
 
     Returns ``{"atoms_per_species": [...], "dim": D, "seconds": ...}`` (the statistics) and/or
-    ``{"output_range": {"atoms": N, "seconds": ...}}``.
+    ``{"output_range": {"atoms": N, "seconds": ...}}`` and/or ``{"mean_square_force":
+    (Z,) tensor, (eV/A)^2}``.
     """
     t0 = time.perf_counter()
     stats = FeatureStatistics(head.density.num_species, head.density.dim) if density else None
@@ -155,8 +172,18 @@ def fit_training_statistics(
     if output_range:
         ranges = OutputRangeStatistics(head.output_range.num_species, len(head.output_range.names))
         recorder = _OutputRangeRecorder(head, keep_inputs=True)
+    num_species = head.density.num_species
+    square_sum = torch.zeros(num_species, dtype=torch.float64)
+    square_count = torch.zeros(num_species, dtype=torch.float64)
     try:
         for chunk in chunks:
+            if force_prior:
+                species = _species(chunk).reshape(-1).long().cpu()
+                square = chunk.forces_ref.detach().cpu().double().square().mean(-1)  # (N,)
+                if not bool(torch.isfinite(square).all()):
+                    raise ValueError("non-finite reference forces in the training data")
+                square_sum.index_add_(0, species, square)
+                square_count.index_add_(0, species, torch.ones_like(square))
             if stats is not None:
                 descriptors, species = head.invariants(chunk.node_feats), _species(chunk)
                 stats.update(descriptors, species)
@@ -182,6 +209,8 @@ def fit_training_statistics(
     if ranges is not None:
         head.output_range.load_range(*ranges.finalize())
         report["output_range"] = {"atoms": int(ranges.count.sum())}
+    if force_prior:
+        report["mean_square_force"] = square_sum / square_count.clamp_min(1.0)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     return report
 
@@ -238,11 +267,12 @@ def calibrate_head(
     head.output_range.reset()
     head.variance_scale.set(1.0)
     report: dict = {"settings": asdict(settings)}
+    mean_square_force = None
     valid_chunks = list(valid_chunks) if valid_chunks is not None else None
     if valid_chunks:
         params, ref, forces, _ = head_predictions(head, valid_chunks)
         report["before"] = _quality(head, params, ref, forces)
-    if settings.density or settings.output_range:
+    if settings.density or settings.output_range or settings.force_prior:
         fitted = fit_training_statistics(
             head,
             train_chunks,
@@ -250,9 +280,11 @@ def calibrate_head(
             settings.density,
             settings.output_range,
             settings.neighbours,
+            settings.force_prior > 0.0,
         )
         if "output_range" in fitted:
             report["output_range"] = fitted.pop("output_range")
+        mean_square_force = fitted.pop("mean_square_force", None)
         if settings.density:
             report["statistics"] = fitted
     scale = 1.0
@@ -267,23 +299,38 @@ def calibrate_head(
         if settings.recalibrate != "none":
             scale = fit_variance_scale(params, ref, settings.recalibrate)
             head.variance_scale.set(scale)
+        if settings.recalibrate != "none" or mean_square_force is not None:
+            _load_force_prior(head, mean_square_force, settings.force_prior, report)
             params, ref, forces, dist_sq = head_predictions(head, valid_chunks)
         report["after"] = _quality(head, params, ref, forces)
         report["after"]["mean_feature_distance"] = float(torch.sqrt(dist_sq).mean())
         if recorder is not None:
             report["after"]["bounded_fraction"] = recorder.clamped_fraction
+    else:
+        _load_force_prior(head, mean_square_force, settings.force_prior, report)
     report["variance_scale"] = scale
     report["seconds"] = time.perf_counter() - t0
     head.train(was_training)
     log.info(
-        "uncertainty calibration: statistics %s, output range %s, c = %.4g%s (%.1f s)",
+        "uncertainty calibration: statistics %s, output range %s, force prior %s, c = %.4g%s "
+        "(%.1f s)",
         report.get("statistics", "off"),
         report.get("output_range", "off"),
+        report.get("force_prior", "off"),
         scale,
         _before_after(report),
         report["seconds"],
     )
     return report
+
+
+def _load_force_prior(head: nn.Module, mean_square_force, multiple: float, report: dict) -> None:
+    """Store the force prior V_z = k^2 <F_c^2>_z (after c: it bounds the recalibrated variance)
+    and report V_z ((eV/A)^2); nothing without ``mean_square_force``."""
+    if mean_square_force is None:
+        return
+    head.density.load_force_prior(mean_square_force, multiple)
+    report["force_prior"] = [round(float(v), 6) for v in head.density.prior_variance]
 
 
 def calibrate_or_keep(head: nn.Module, train_chunks, valid_chunks, settings) -> dict | None:

@@ -30,9 +30,11 @@ class EquivariantEvidentialHead(HeadBase):
     Density-aware evidence, bounded extrapolation and recalibration (SPEC §1c): the learned
     invariants (log scale and anisotropy of Psi, kappa_net, nu_w) are clamped to the range they
     covered on the training atoms (:class:`~eip_plugins.core.output_range.OutputRange`),
-    kappa = kappa_net / (1 + a r^(2p)) with r the invariant feature distance of the atom (so
-    Var[mu] grows with r, E[Sigma] does not, and equivariance is kept), and Psi = c Psi_net. All
-    three are identities until fitted.
+    kappa = hypot(kappa_net / (1 + a r^(2p)), tr(E[Sigma]) / (3 V_z)) with r the invariant
+    feature distance of the atom and V_z the force prior of its element (so Var[mu] grows with r
+    up to V_z per component, E[Sigma] does not, and equivariance is kept), and Psi = c Psi_net
+    (E[Sigma] in kappa's prior term is the recalibrated one: V_z bounds the variance the model
+    reports). All are identities until fitted.
 
     Args:
         irreps_in: irreps of the backbone node features (without 1o channels the head builds
@@ -84,7 +86,12 @@ class EquivariantEvidentialHead(HeadBase):
         kappa = kappa * self.density.evidence_factor(distance_sq)
         nu_w = positive(scalars[:, 1], self.nu_w_floor)
         params = NIWParams(forces, kappa, nu_w, psi, psi_inv, log_det)
-        return scale_niw(params, self.variance_scale.scale), distance_sq
+        p = scale_niw(params, self.variance_scale.scale)
+        # the force prior, on the recalibrated variance (V_z is absolute, (eV/A)^2), in
+        # quadrature: 1/Var[mu]^2 = 1/Var[mu]_raw^2 + 1/V_z^2 along E[Sigma]
+        mean_aleatoric = p.psi.diagonal(dim1=-2, dim2=-1).mean(-1) / (nu_w - 4.0)  # (N,)
+        kappa = torch.hypot(kappa, self.prior_evidence(mean_aleatoric, species))
+        return NIWParams(forces, kappa, nu_w, p.psi, p.psi_inv, p.log_det_psi), distance_sq
 
     def force_loss(self, params: NIWParams, forces_ref: Tensor) -> Tensor:
         """Per-atom force loss, Student-t NLL + lambda Reg: (N,)."""

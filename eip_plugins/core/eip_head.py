@@ -38,7 +38,9 @@ class ComponentwiseEvidentialHead(HeadBase):
     Density-aware evidence, bounded extrapolation and recalibration (SPEC §1c): the MLP's nine
     raw outputs (alpha, beta, nu per component, before their softplus) are clamped to the range
     they covered on the training atoms (:class:`~eip_plugins.core.output_range.OutputRange`),
-    nu = nu_net / (1 + a r^(2p)) per component, beta = c beta_net; identities until fitted.
+    beta = c beta_net, nu = hypot(nu_net / (1 + a r^(2p)), beta / ((alpha - 1) V_z)) per
+    component (V_z the force prior of the atom's element: the epistemic variance grows with r up
+    to V_z); identities until fitted.
 
     Args:
         irreps_in: irreps of the backbone node features; the 1o channels of ``head_irreps``
@@ -90,8 +92,11 @@ class ComponentwiseEvidentialHead(HeadBase):
         beta = F.softplus(raw[..., 1]) + self.beta_floor
         nu = F.softplus(raw[..., 2]) + self.nu_floor
         nu = nu * self.density.evidence_factor(distance_sq)[:, None]
-        params = NIGParams(forces, nu, alpha, beta)
-        return scale_nig(params, self.variance_scale.scale), distance_sq
+        p = scale_nig(NIGParams(forces, nu, alpha, beta), self.variance_scale.scale)
+        # the force prior, on the recalibrated variance (V_z is absolute, (eV/A)^2), in
+        # quadrature: 1 / Var^2 = 1 / Var_raw^2 + 1 / V_z^2 per component
+        nu = torch.hypot(nu, self.prior_evidence(p.beta / (alpha - 1.0), species))
+        return NIGParams(forces, nu, alpha, p.beta), distance_sq
 
     def force_loss(self, params: NIGParams, forces_ref: Tensor) -> Tensor:
         """Per-atom force loss, NLL + lambda Reg summed over x, y, z: (N,)."""

@@ -32,12 +32,36 @@ units of that stored atom's local spacing: the Gaussian term keeps the growth al
 the training atoms never varied in, the neighbour term sees gaps between an element's clusters
 of environments without reading a thinly covered cluster as new.
 
-Without fitted statistics every buffer is zero, r^2 = 0 and g is exactly 1: a model whose
-statistics were never fitted behaves exactly as one without this module.
+The force prior (``prior_variance`` (Z,), fitted with :meth:`load_force_prior`) bounds the
+epistemic variance where the distance would grow it without end: sigma_epistemic of an atom far
+from every training atom says "far outside the training data", but as an error estimate it was
+meaningless (the benchmark's NequIP models put sigma at up to 180 eV/A on atoms of unseen
+molecules whose errors were at most 3.4 eV/A). The heads add the evidence of a prior of
+variance V_z per Cartesian component, kappa_prior = v / V_z for an atom whose epistemic variance
+per unit evidence is v (:meth:`prior_evidence`), in quadrature: kappa = hypot(kappa_density,
+kappa_prior), so that
+
+    1 / Var_epistemic^2 = 1 / Var_epistemic,raw^2 + 1 / V_z^2,    V_z = k^2 <F_c^2>_z,
+
+with <F_c^2>_z the mean squared reference force component of the training atoms of element z
+((eV/A)^2) and k = ``force_prior`` (:data:`DEFAULT_FORCE_PRIOR` = 8): far out of distribution
+sigma_epistemic levels off at k times the element's RMS training force. V_z is absolute: it
+acts on the recalibrated variance (c times the head's), and c is fitted before it (the
+validation atoms' variances lie far below V_z); where Var_raw << V_z (every training atom) the
+variance is unchanged to second order. The
+quadrature (rather than adding the evidences, a harmonic mean of the variances) keeps the
+variance within 1 % of its raw value up to Var_raw = V_z / 7; a smaller k, or the harmonic form,
+made the credible regions of the benchmark's unseen molecules too narrow (examples/benchmark/
+README.md, "The force prior").
+
+Without fitted statistics every buffer is zero, r^2 = 0 and g is exactly 1, and without a fitted
+prior the prior evidence is exactly 0: a model whose statistics were never fitted behaves exactly
+as one without this module.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -58,6 +82,8 @@ BANK_ROWS = ("bank", "bank_species", "bank_local_scale")
 MAX_DISTANCE_SQ = 1.0e12
 #: the epistemic variance grows by this factor at most (sigma_epistemic by 10^6)
 MAX_EVIDENCE_DIVISOR = 1.0e12
+#: k: sigma_epistemic levels off at k times the element's RMS training force component
+DEFAULT_FORCE_PRIOR = 8.0
 
 
 @dataclass
@@ -189,9 +215,10 @@ class FeatureDensity(nn.Module):
     evidence off while the distance is still reported); the neighbour bank ``bank`` (B, D),
     ``bank_species`` (B,), ``bank_local_scale`` (B,), ``bank_temperature`` (Z,),
     ``bank_scale`` (Z,) and ``neighbour_weight`` () (B = 0 and w = 0 until
-    :meth:`load_neighbours`: the Gaussian distance alone). The bank is sorted by element;
-    ``bank_offsets`` (Z + 1 ints, an attribute kept in step with ``bank_species``) says where
-    each element's rows start.
+    :meth:`load_neighbours`: the Gaussian distance alone); ``prior_variance`` (Z,) V_z of the
+    force prior, (eV/A)^2 per Cartesian component (0 until :meth:`load_force_prior`: no prior).
+    The bank is sorted by element; ``bank_offsets`` (Z + 1 ints, an attribute kept in step with
+    ``bank_species``) says where each element's rows start.
 
     Forward:
         features (N, D), species (N,) int64 -> r^2 (N,), dimensionless, mean 1 over the training
@@ -207,6 +234,7 @@ class FeatureDensity(nn.Module):
         self.register_buffer("count", torch.zeros(num_species))
         self.register_buffer("strength", torch.full((), DEFAULT_STRENGTH))
         self.register_buffer("power", torch.full((), DEFAULT_POWER))
+        self.register_buffer("prior_variance", torch.zeros(num_species))
         self.register_empty_bank()
 
     def register_empty_bank(self) -> None:
@@ -274,6 +302,42 @@ class FeatureDensity(nn.Module):
         growth = a * torch.pow(distance_sq.clamp(max=1.0e12), p)
         return 1.0 / (1.0 + growth.clamp(max=1.0e12))
 
+    def prior_evidence(self, variance: Tensor, species: Tensor) -> Tensor:
+        """The evidence of the force prior, v / V_z (shape of ``variance``): ``variance`` (N,) or
+        (N, K) v, the epistemic variance per unit evidence ((eV/A)^2: E[Sigma] per component for
+        e2ip, beta / (alpha - 1) for eIP), of atoms of ``species`` (N,) int64. Combined with the
+        evidence in quadrature (``torch.hypot(kappa, prior)``), it makes 1 / Var_epistemic^2 =
+        1 / Var_raw^2 + 1 / V_z^2; exactly 0 for an element without a fitted prior, and
+        hypot(kappa, 0) = kappa bit for bit."""
+        prior = self.prior_variance.to(variance.dtype)[species.reshape(-1)]  # (N,)
+        if variance.dim() == 2:
+            prior = prior.unsqueeze(1)
+        evidence = variance / prior.clamp_min(1.0e-30)
+        return torch.where(prior > 0.0, evidence, torch.zeros_like(evidence))
+
+    @property
+    def has_force_prior(self) -> bool:
+        return bool((self.prior_variance > 0).any())
+
+    @torch.no_grad()
+    def load_force_prior(
+        self, mean_square_force: Tensor, multiple: float = DEFAULT_FORCE_PRIOR
+    ) -> None:
+        """Store V_z = k^2 <F_c^2>_z from ``mean_square_force`` (Z,), the mean squared reference
+        force component of each element's training atoms, (eV/A)^2 (0 for an element without
+        training atoms: no prior for it), and k = ``multiple`` > 0."""
+        values = torch.as_tensor(mean_square_force, dtype=torch.float64).reshape(-1)
+        if values.shape[0] != self.num_species:
+            raise ValueError(
+                f"a force prior of {values.shape[0]} species for a density of {self.num_species}"
+            )
+        if not bool(torch.isfinite(values).all()) or bool((values < 0).any()):
+            raise ValueError(f"invalid mean squared forces {values.tolist()}: must be finite, >= 0")
+        if not (math.isfinite(multiple) and multiple > 0.0):
+            raise ValueError(f"invalid force prior multiple={multiple!r}: must be a number > 0")
+        prior = float(multiple) ** 2 * values
+        self.prior_variance.copy_(prior.to(self.prior_variance.dtype))
+
     @property
     def fitted(self) -> bool:
         return bool(self.whitening.abs().sum() > 0)
@@ -321,8 +385,9 @@ class FeatureDensity(nn.Module):
 
     @torch.no_grad()
     def reset(self) -> None:
-        """Forget the statistics and the neighbour bank: d^2 = 0 for every atom again."""
-        for name in ("mean", "whitening", "count"):
+        """Forget the statistics, the neighbour bank and the force prior: d^2 = 0 for every atom
+        again, and no prior evidence."""
+        for name in ("mean", "whitening", "count", "prior_variance"):
             getattr(self, name).zero_()
         self.register_empty_bank()
 
@@ -347,6 +412,8 @@ class FeatureDensity(nn.Module):
             if name not in self._buffers:
                 like = self._buffers["count"]
                 self.register_buffer(name, torch.full((), value, dtype=like.dtype))
+        if "prior_variance" not in self._buffers:  # pickled before the force prior: none
+            self.register_buffer("prior_variance", torch.zeros_like(self._buffers["count"]))
         if "bank" not in self._buffers:  # pickled before the neighbour distance existed
             self.register_empty_bank()
             return
@@ -358,7 +425,7 @@ class FeatureDensity(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # a model saved before the density (or one of its buffers) existed: the defaults
-        # (no statistics, a = 1, p = 2; saved before the local scale: rho = 1)
+        # (no statistics, a = 1, p = 2, no force prior; saved before the local scale: rho = 1)
         defaults = {"strength": DEFAULT_STRENGTH, "power": DEFAULT_POWER, "bank_local_scale": 1.0}
         saved_bank = state_dict.get(prefix + "bank")
         rows = saved_bank.shape[0] if saved_bank is not None else 0

@@ -194,6 +194,13 @@ class HeadBase(nn.Module):
             species = torch.zeros(invariants.shape[0], dtype=torch.long, device=invariants.device)
         return self.density(invariants, species)
 
+    def prior_evidence(self, variance: Tensor, species: Optional[Tensor]) -> Tensor:
+        """The force prior's evidence (:meth:`FeatureDensity.prior_evidence`) for ``variance``
+        (N,) or (N, 3), (eV/A)^2; ``species`` ``None`` means all atoms are species 0."""
+        if species is None:
+            species = torch.zeros(variance.shape[0], dtype=torch.long, device=variance.device)
+        return self.density.prior_evidence(variance, species)
+
     def distance_fields(
         self, distance_sq: Tensor, batch: Tensor, num_graphs: int
     ) -> Dict[str, Tensor]:

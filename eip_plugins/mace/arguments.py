@@ -20,7 +20,7 @@ from ..core.config import (
     HEAD_KINDS,
     HeadConfig,
 )
-from ..core.feature_density import DEFAULT_POWER, DEFAULT_STRENGTH
+from ..core.feature_density import DEFAULT_FORCE_PRIOR, DEFAULT_POWER, DEFAULT_STRENGTH
 
 HEAD_CHOICES = ("none", *HEAD_KINDS)
 SUPPORTED_MODELS = ("MACE", "ScaleShiftMACE")
@@ -152,6 +152,14 @@ def add_head_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
         f"{DEFAULT_NEIGHBOURS} with the feature statistics; 0: the Gaussian distance only)",
     )
     group.add_argument(
+        "--eip_force_prior",
+        type=float,
+        default=DEFAULT_FORCE_PRIOR,
+        help="after training, fit each element's RMS reference force component on the training "
+        "set: far out of distribution sigma levels off at this many times it instead of growing "
+        "without end (0: unbounded)",
+    )
+    group.add_argument(
         "--eip_output_range",
         type=_str2bool,
         default=True,
@@ -185,7 +193,7 @@ def _optional_int(value) -> int | None:
 def calibration_settings_from_args(args) -> CalibrationSettings:
     """What is fitted at the end of a ``--head`` run (``--eip_density_statistics``,
     ``--eip_density_strength``, ``--eip_density_power``, ``--eip_density_neighbours``,
-    ``--eip_output_range``, ``--eip_recalibrate``); raises
+    ``--eip_force_prior``, ``--eip_output_range``, ``--eip_recalibrate``); raises
     :class:`HeadArgumentError` naming the flag."""
     try:
         return CalibrationSettings(
@@ -195,6 +203,7 @@ def calibration_settings_from_args(args) -> CalibrationSettings:
             recalibrate=getattr(args, "eip_recalibrate", "nll"),
             output_range=bool(getattr(args, "eip_output_range", True)),
             neighbours=_optional_int(getattr(args, "eip_density_neighbours", None)),
+            force_prior=float(getattr(args, "eip_force_prior", DEFAULT_FORCE_PRIOR)),
         )
     except ValueError as err:
         text = str(err)
@@ -202,6 +211,7 @@ def calibration_settings_from_args(args) -> CalibrationSettings:
         for word, name in (
             ("power", "--eip_density_power"),
             ("neighbours", "--eip_density_neighbours"),
+            ("force prior", "--eip_force_prior"),
         ):
             if word in text:
                 flag = name

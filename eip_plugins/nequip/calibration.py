@@ -21,7 +21,12 @@ from lightning.pytorch.callbacks import Callback
 
 from ..attach import AttachError, atomic_write, check_output_path, read_labelled
 from ..calibration import CalibrationSettings, calibrate_head, calibrate_or_keep
-from ..core.feature_density import DEFAULT_POWER, DEFAULT_SHRINKAGE, DEFAULT_STRENGTH
+from ..core.feature_density import (
+    DEFAULT_FORCE_PRIOR,
+    DEFAULT_POWER,
+    DEFAULT_SHRINKAGE,
+    DEFAULT_STRENGTH,
+)
 from .features import feature_chunks, frames_to_batches, loader_batches
 from .head_module import evidential_head_outputs
 
@@ -60,6 +65,12 @@ def store_head_buffers(state_dict: dict, buffers: dict[str, torch.Tensor]) -> No
         state_dict[key] = value.to(dtype)
 
 
+def _number(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"invalid {name}={value!r}: must be a number")
+    return float(value)
+
+
 def _whole_number(name: str, value) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"invalid {name}={value!r}: must be a whole number")
@@ -82,6 +93,8 @@ class UncertaintyCalibration(Callback):
         neighbours: also store a random sample of up to this many training atoms per type and
             add the distance to the nearest of them to the feature distance (0: the Gaussian
             distance only; default ``null``: 4096 with ``density``, 0 without).
+        force_prior: k: far out of distribution sigma levels off at k times the RMS reference
+            force component of the type's training atoms (0: unbounded growth).
 
     Usage (``trainer.callbacks`` of the config)::
 
@@ -91,6 +104,7 @@ class UncertaintyCalibration(Callback):
           recalibrate: nll      # nll | ce | none
           output_range: true    # learned outputs bounded by their training range
           neighbours: 4096      # training atoms per type for the neighbour distance (0: off)
+          force_prior: 8.0      # sigma levels off at 8x the RMS training force (0: off)
     """
 
     def __init__(
@@ -102,6 +116,7 @@ class UncertaintyCalibration(Callback):
         shrinkage: float = DEFAULT_SHRINKAGE,
         output_range: bool = True,
         neighbours: int | None = None,
+        force_prior: float = DEFAULT_FORCE_PRIOR,
     ):
         super().__init__()
         for name, value in (("density", density), ("output_range", output_range)):
@@ -118,6 +133,7 @@ class UncertaintyCalibration(Callback):
                 shrinkage=float(shrinkage),
                 output_range=bool(output_range),
                 neighbours=None if neighbours is None else _whole_number("neighbours", neighbours),
+                force_prior=_number("force_prior", force_prior),
             )
         except ValueError as err:
             raise ValueError(f"UncertaintyCalibration: {err}") from None

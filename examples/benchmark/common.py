@@ -696,6 +696,8 @@ CALIBRATION_VARIANTS = {
     # the per-element Gaussian distance alone, without the stored training atoms (the default
     # before 2026-12-07)
     "e2ip_gaussian": ["--density_neighbours=0"],
+    # the epistemic variance grows with the distance without end (the default before 2026-12-08)
+    "e2ip_no_prior": ["--force_prior=0"],
 }
 
 

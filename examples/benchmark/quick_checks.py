@@ -117,7 +117,7 @@ def check_attached_head_keeps_the_backbone(results: dict) -> None:
 def check_calibration_variants(results: dict) -> None:
     """The calibrated e2ip differs from the head as trained, which has no feature distance, and
     from the Gaussian distance alone (the default stores training atoms for the neighbour
-    distance); the variants keep e2ip's forces."""
+    distance) and from the head without the force prior; the variants keep e2ip's forces."""
     metrics = results["metrics"]
     for split in SPLITS:
         e2ip = metrics["e2ip"][split]
@@ -125,6 +125,7 @@ def check_calibration_variants(results: dict) -> None:
             assert math.isclose(metrics[variant][split]["force_mae"], e2ip["force_mae"])
         assert metrics["e2ip_as_trained"][split]["mean_uncertainty"] != e2ip["mean_uncertainty"]
         assert metrics["e2ip_gaussian"][split]["mean_uncertainty"] != e2ip["mean_uncertainty"]
+        assert metrics["e2ip_no_prior"][split]["mean_uncertainty"] != e2ip["mean_uncertainty"]
 
 
 def check_report_tables_and_plots(results: dict, framework: str, out: Path) -> None:

@@ -24,6 +24,7 @@ METHOD_ORDER = (
     "e2ip_ce",
     "e2ip_unbounded",
     "e2ip_gaussian",
+    "e2ip_no_prior",
     "mve_density",
 )
 METHOD_LABEL = {
@@ -40,6 +41,7 @@ METHOD_LABEL = {
     "e2ip_ce": "e2ip, c fitted on CE",
     "e2ip_unbounded": "e2ip, outputs unbounded",
     "e2ip_gaussian": "e2ip, Gaussian distance only",
+    "e2ip_no_prior": "e2ip, no force prior",
     "mve_density": "mve × (1 + r⁴)",
 }
 # what issue 11 asks of e2ip (trained and attached) against the deep ensemble

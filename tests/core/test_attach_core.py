@@ -115,9 +115,27 @@ def test_calibrate_head_fits_statistics_and_scale_and_reports_before_after():
     assert report["after"]["mean_feature_distance"] > 0
     assert head.output_range.fitted and report["output_range"] == {"atoms": 24 * 8}
     assert 0.0 <= report["after"]["bounded_fraction"] < 0.5
-    nothing = CalibrationSettings(density=False, output_range=False, recalibrate="none")
+    # the force prior: k^2 = 64 times the mean squared reference force component of the
+    # training atoms
+    ref_train = torch.cat([c.forces_ref for c in train])
+    expected = 64.0 * float(ref_train.square().mean())
+    assert report["force_prior"] == [round(expected, 6)]
+    # c is fitted before the prior is stored: the same c as without the prior
+    no_prior = CalibrationSettings(recalibrate="nll", force_prior=0.0)
+    copy = build_head(HeadConfig(kind="e2ip", hidden=8), backbone.irreps_out).double()
+    copy.load_state_dict(head.state_dict())
+    assert (
+        calibrate_head(copy, train, valid, no_prior)["variance_scale"] == report["variance_scale"]
+    )
+    torch.testing.assert_close(
+        head.density.prior_variance, torch.tensor([expected], dtype=torch.float64)
+    )
+    nothing = CalibrationSettings(
+        density=False, output_range=False, recalibrate="none", force_prior=0.0
+    )
     off = calibrate_head(head, train, valid, nothing)
     assert not head.density.fitted and not head.output_range.fitted
+    assert not head.density.has_force_prior and "force_prior" not in off
     assert off["variance_scale"] == 1.0 and "output_range" not in off
     assert off["after"]["nll"] == off["before"]["nll"]
 

@@ -35,6 +35,7 @@ def test_head_scripts_and_matches_eager(kind, fitted):
     head = make_head(kind, IRREPS, num_species=2)
     if fitted:  # feature statistics and a recalibration scale are buffers the script keeps
         fit_random_statistics(head, num_species=2)
+        head.density.load_force_prior(torch.tensor([0.05, 0.2]))
         head.variance_scale.set(0.37)
     wrapper = _Wrapper(head)
     scripted = jit.compile(wrapper)

@@ -59,6 +59,11 @@ def test_trained_models_are_calibrated_on_their_training_set(request, data, head
     for z in z_table:
         assert np.sqrt(np.mean(r[numbers == z] ** 2)) == pytest.approx(expected, abs=2e-3)
     assert float(model.head.density.power) == (1.0 if head == "eip" else 2.0)
+    # the force prior: k^2 = 64 times the mean squared reference force component of each
+    # element's training atoms (mace_run_train's float64 data, the model's float64 buffer)
+    forces = np.concatenate([a.arrays["REF_forces"] for a in train_frames])
+    prior = [64.0 * np.mean(forces[numbers == z] ** 2) for z in z_table]
+    np.testing.assert_allclose(density.prior_variance.double().numpy(), prior, rtol=1e-6)
 
 
 def test_distance_grows_out_of_distribution(e2ip_run, data):
@@ -127,12 +132,12 @@ def test_eip_calibrate_reproduces_the_end_of_training_fit(e2ip_run, data, tmp_pa
         tmp_path,
         "--model", e2ip_run["model"], "--train_file", data["train"], "--valid_file",
         data["valid"], "--output", off, "--no_density", "--no_output_range", "--recalibrate",
-        "none",
+        "none", "--force_prior", "0",
     )  # fmt: skip
     assert np.all(feature_distances(off, frames) == 0.0)
     head = _load(off).head
     assert not head.density.fitted and float(head.variance_scale.scale) == 1.0
-    assert not head.output_range.fitted
+    assert not head.output_range.fitted and not head.density.has_force_prior
 
 
 def test_eip_calibrate_bad_input(e2ip_run, plain_runs, data, tmp_path):
@@ -225,3 +230,8 @@ def test_calibration_flags_store_training_atoms_by_default():
     both = Namespace(eip_density_statistics=False, eip_density_neighbours=64)
     with pytest.raises(HeadArgumentError, match="--eip_density_neighbours: .*feature statistics"):
         calibration_settings_from_args(both)
+    # the force prior: k = 8 by default, off with 0, a negative k names the flag
+    assert calibration_settings_from_args(Namespace()).force_prior == 8.0
+    assert calibration_settings_from_args(Namespace(eip_force_prior=0.0)).force_prior == 0.0
+    with pytest.raises(HeadArgumentError, match="--eip_force_prior: invalid force prior=-1.0"):
+        calibration_settings_from_args(Namespace(eip_force_prior=-1.0))

@@ -57,6 +57,10 @@ def test_checkpoints_are_calibrated_when_training_ends(runs, head):
         counts = [float((numbers == ase.data.atomic_numbers[t]).sum()) for t in TYPES]
         assert state["density.count"].tolist() == counts, name
         assert float(state["variance_scale.scale"]) != 1.0
+    # the force prior: k^2 = 64 times the mean squared reference force component of each type
+    forces = np.concatenate([a.arrays["REF_forces"] for a in frames])
+    prior = [64.0 * np.mean(forces[numbers == ase.data.atomic_numbers[t]] ** 2) for t in TYPES]
+    np.testing.assert_allclose(state["density.prior_variance"].double(), prior, rtol=1e-5)
     # r has an RMS of 1 over the training atoms of each type (the model is float32); by default
     # every training atom is stored for the neighbour distance, and a stored atom's own
     # neighbour distance is 0: r^2 is then (1 - w) times its Gaussian distance
@@ -103,10 +107,11 @@ def test_eip_calibrate_refits_a_checkpoint(runs, tmp_path):
     _calibrate(
         tmp_path,
         "--model", best, "--train_file", DATA / "ethanol_train.xyz", "--output", off,
-        "--no_density", "--no_output_range", "--recalibrate", "none",
+        "--no_density", "--no_output_range", "--recalibrate", "none", "--force_prior", "0",
     )  # fmt: skip
     assert np.all(_distances(NequIPUQCalculator.from_saved_model(off), frames) == 0.0)
     assert (_head_state(off)["output_range.upper"] == 1e30).all()
+    assert (_head_state(off)["density.prior_variance"] == 0).all()
 
 
 def test_eip_calibrate_bad_input(runs, tmp_path):
@@ -177,6 +182,13 @@ def test_callback_arguments_are_validated():
     assert UncertaintyCalibration(neighbours=0).settings.neighbours == 0
     with pytest.raises(ValueError, match="neighbours need the feature statistics"):
         UncertaintyCalibration(density=False, neighbours=64)
+    assert UncertaintyCalibration().settings.force_prior == 8.0
+    assert UncertaintyCalibration(force_prior=0).settings.force_prior == 0.0
+    for value in (True, "4"):  # a YAML true or a quoted number is not taken for a multiple
+        with pytest.raises(ValueError, match="UncertaintyCalibration: invalid force_prior"):
+            UncertaintyCalibration(force_prior=value)
+    with pytest.raises(ValueError, match="UncertaintyCalibration: invalid force prior=-1.0"):
+        UncertaintyCalibration(force_prior=-1.0)
 
 
 def test_eip_calibrate_with_neighbours_stores_a_bank_the_checkpoint_loads(runs, tmp_path):
