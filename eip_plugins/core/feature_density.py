@@ -48,11 +48,10 @@ with <F_c^2>_z the mean squared reference force component of the training atoms 
 sigma_epistemic levels off at k times the element's RMS training force. V_z is absolute: it
 acts on the recalibrated variance (c times the head's), and c is fitted before it (the
 validation atoms' variances lie far below V_z); where Var_raw << V_z (every training atom) the
-variance is unchanged to second order. The
-quadrature (rather than adding the evidences, a harmonic mean of the variances) keeps the
-variance within 1 % of its raw value up to Var_raw = V_z / 7; a smaller k, or the harmonic form,
-made the credible regions of the benchmark's unseen molecules too narrow (examples/benchmark/
-README.md, "The force prior").
+variance is unchanged to second order. The quadrature (rather than adding the evidences, a
+harmonic mean of the variances) keeps the variance within 1 % of its raw value up to
+Var_raw = V_z / 7; a smaller k, or the harmonic form, made the credible regions of the
+benchmark's unseen molecules too narrow (examples/benchmark/README.md, "The force prior").
 
 Without fitted statistics every buffer is zero, r^2 = 0 and g is exactly 1, and without a fitted
 prior the prior evidence is exactly 0: a model whose statistics were never fitted behaves exactly

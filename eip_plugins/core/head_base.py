@@ -38,6 +38,13 @@ def reads_geometry(config: HeadConfig, irreps_in) -> bool:
     return config.geometric_features == "always" or not has_vectors
 
 
+def species_or_zeros(species: Optional[Tensor], like: Tensor) -> Tensor:
+    """``species`` (N,) int64, or species 0 for each of the N rows of ``like`` when ``None``."""
+    if species is None:
+        return torch.zeros(like.shape[0], dtype=torch.long, device=like.device)
+    return species
+
+
 class HeadBase(nn.Module):
     """Base of the three heads. A head class implements ``build(config)`` (its own modules, on
     features of irreps ``self.head_irreps``) and ``forward_with_distance``; the constructor,
@@ -190,16 +197,12 @@ class HeadBase(nn.Module):
     def descriptor_distance_sq(self, invariants: Tensor, species: Optional[Tensor]) -> Tensor:
         """:meth:`feature_distance_sq` from the descriptors ``invariants`` (N, D) of the features
         (``self.invariants(node_feats)``)."""
-        if species is None:
-            species = torch.zeros(invariants.shape[0], dtype=torch.long, device=invariants.device)
-        return self.density(invariants, species)
+        return self.density(invariants, species_or_zeros(species, invariants))
 
     def prior_evidence(self, variance: Tensor, species: Optional[Tensor]) -> Tensor:
         """The force prior's evidence (:meth:`FeatureDensity.prior_evidence`) for ``variance``
         (N,) or (N, 3), (eV/A)^2; ``species`` ``None`` means all atoms are species 0."""
-        if species is None:
-            species = torch.zeros(variance.shape[0], dtype=torch.long, device=variance.device)
-        return self.density.prior_evidence(variance, species)
+        return self.density.prior_evidence(variance, species_or_zeros(species, variance))
 
     def distance_fields(
         self, distance_sq: Tensor, batch: Tensor, num_graphs: int
